@@ -1,0 +1,103 @@
+"""The Celery app: every Celery option in one function, tasks listed by module path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.schedules import crontab
+
+from app.maintenance.schedule import SCHEDULE
+from app.settings import Settings, get_settings
+from routing import TASK_QUEUES, names, route_task
+
+#: Task modules, imported by workers only: producers publish by name.
+TASK_MODULES = (
+    "app.tasks.email_tasks",
+    "app.tasks.booking_tasks",
+    "app.tasks.maintenance",
+)
+
+
+def beat_schedule() -> dict[str, dict[str, Any]]:
+    """Turn the maintenance schedule (plain data) into Celery's beat_schedule."""
+    schedule = {}
+    for job in SCHEDULE:
+        minute, hour, day_of_month, month_of_year, day_of_week = job.cron.split()
+        schedule[job.name] = {
+            "task": job.task,
+            "schedule": crontab(
+                minute=minute,
+                hour=hour,
+                day_of_month=day_of_month,
+                month_of_year=month_of_year,
+                day_of_week=day_of_week,
+            ),
+            "options": {"expires": job.expires_seconds},
+        }
+    return schedule
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Return every Celery option the fleet sets, one key per line."""
+    return {
+        "broker_url": settings.celery_broker_url,
+        # confirm_publish: apply_async returns only after the broker took the
+        # message; without it tasks were lost (celery#9149).
+        "broker_transport_options": {"confirm_publish": True},
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 5,  # default 4; bounded either way
+        "broker_heartbeat": 30,  # default 120: notice a dead broker sooner
+        "result_backend": f"app.result_backend:PostgresBackend+{settings.result_backend_url}",
+        "result_backend_always_retry": True,  # ride out a database restart
+        "result_backend_max_retries": 10,
+        "result_expires": settings.result_expires,
+        "result_extended": False,  # args may carry personal data: never stored
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "timezone": "UTC",
+        "enable_utc": True,
+        "task_queues": TASK_QUEUES,
+        "task_routes": (route_task,),
+        "task_create_missing_queues": False,  # an unknown queue is an error
+        "task_default_queue": names.BOOKING,  # chord_unlock and unrouted celery.* tasks
+        "task_default_exchange": names.TASKS_EXCHANGE,
+        "task_default_exchange_type": "topic",  # native delayed delivery needs topic
+        "task_default_routing_key": names.routing_key(names.BOOKING, "default"),
+        "task_default_queue_type": "quorum",
+        "task_acks_late": True,  # ack after the task ran: a crash redelivers
+        "task_reject_on_worker_lost": True,  # requeue on a killed process...
+        "task_acks_on_failure": False,  # ...and dead-letter a failed task
+        "task_acks_on_timeout": False,  # a task killed by its time limit too
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 3,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 2,
+        },
+        "task_send_sent_event": True,  # Flower and metrics see publishes
+        "worker_send_task_events": True,
+        "worker_prefetch_multiplier": 1,  # profiles raise it where tasks are short
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Reject undecodable messages to the DLQ instead of acking them away.
+        "worker_consumer": "workers.consumer:FleetConsumer",
+        # Worker-side set-up (topology declare, per-process resources), so the
+        # plain `celery -A app.celery_app worker` gets it too.
+        "imports": ("workers.entry",),
+        "beat_schedule": beat_schedule(),
+    }
+
+
+def create_celery(settings: Settings) -> Celery:
+    """Build the fleet's Celery app from settings."""
+    app = Celery("magnetiq", include=list(TASK_MODULES), set_as_current=True)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+celery_app = create_celery(get_settings())

@@ -1,0 +1,144 @@
+"""Run asyncio coroutines (aiosmtplib) from gevent greenlets or plain threads.
+
+The email worker runs on gevent, aiosmtplib on asyncio. Calling ``asyncio.run``
+from several greenlets fails ("cannot be called from a running event loop"),
+so each process keeps one asyncio loop in a truly native thread and callers
+hand it coroutines:
+
+* the thread is started with the unpatched ``_thread.start_new_thread`` and the
+  loop uses the unpatched epoll selector, so gevent never sees it;
+* a caller schedules work with ``call_soon_threadsafe`` and waits on a gevent
+  async watcher (greenlets) or a real lock (threads), so the hub never blocks;
+* the loop's executor and resolver use native threads and the C resolver,
+  because gevent's would deadlock inside the loop thread.
+"""
+
+from __future__ import annotations
+
+import _socket
+import asyncio
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _original(module: str, name: str) -> Any:
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return getattr(__import__(module), name)
+    return monkey.get_original(module, name)
+
+
+def _gevent_patched() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(monkey.is_module_patched("threading"))
+
+
+class _NativeThreadLoop(asyncio.SelectorEventLoop):
+    """An event loop whose blocking helpers run in native threads."""
+
+    def run_in_executor(self, executor: Any, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:  # type: ignore[override]
+        future: asyncio.Future[T] = self.create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            if future.cancelled():
+                return
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+        def work() -> None:
+            try:
+                result = func(*args)
+            except BaseException as error:
+                self.call_soon_threadsafe(settle, None, error)
+            else:
+                self.call_soon_threadsafe(settle, result, None)
+
+        _original("_thread", "start_new_thread")(work, ())
+        return future
+
+    async def getaddrinfo(
+        self, host: Any, port: Any, *, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
+    ) -> Any:
+        return await self.run_in_executor(None, _socket.getaddrinfo, host, port, family, type, proto, flags)
+
+
+class AsyncioBridge:
+    """One asyncio loop per process in a native thread; ``run`` blocks only its caller."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+        self._lock = _original("threading", "Lock")()
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """Return this process's loop, starting its thread on first use."""
+        if self._loop is not None and self._pid == os.getpid():
+            return self._loop
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                selector = _original("selectors", "DefaultSelector")()
+                loop = _NativeThreadLoop(selector)
+                _original("_thread", "start_new_thread")(self._serve, (loop,))
+                self._loop, self._pid = loop, os.getpid()
+        return self._loop
+
+    @staticmethod
+    def _serve(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_forever()
+
+    def run(self, make_coroutine: Callable[[], Awaitable[T]], timeout: float) -> T:
+        """Run ``make_coroutine()`` on the loop and return its result.
+
+        Raises:
+            TimeoutError: the coroutine did not finish within ``timeout``; it is cancelled.
+            Exception: whatever the coroutine raised.
+        """
+        loop = self.loop()
+        wait, notify, close = _waiter()
+        state: dict[str, Any] = {}
+
+        def start() -> None:
+            task: asyncio.Task[T] = loop.create_task(make_coroutine())  # type: ignore[arg-type]
+            state["task"] = task
+            task.add_done_callback(lambda _: notify())
+
+        loop.call_soon_threadsafe(start)
+        try:
+            finished = wait(timeout)
+        finally:
+            close()
+        task = state.get("task")
+        if not finished or task is None or not task.done():
+            if task is not None:
+                loop.call_soon_threadsafe(task.cancel)
+            raise TimeoutError(f"asyncio call did not finish within {timeout:.0f}s")
+        return task.result()  # type: ignore[no-any-return]
+
+
+def _waiter() -> tuple[Callable[[float], bool], Callable[[], None], Callable[[], None]]:
+    """Return (wait, notify, close): notify is safe to call from the loop thread."""
+    if _gevent_patched():
+        import gevent
+        from gevent.event import Event
+
+        event = Event()
+        watcher = gevent.get_hub().loop.async_()
+        watcher.start(event.set)
+        return event.wait, watcher.send, watcher.close
+    real = threading.Event()
+    return real.wait, real.set, lambda: None
+
+
+#: The process-wide bridge the SMTP adapter uses.
+BRIDGE = AsyncioBridge()

@@ -1,0 +1,77 @@
+"""SMTP delivery with aiosmtplib, driven through the asyncio bridge."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Protocol
+
+import aiosmtplib
+
+from app.mail.bridge import BRIDGE, AsyncioBridge
+
+
+class SmtpTransientError(Exception):
+    """The server or the network failed in a way a later attempt may not (4xx, timeouts)."""
+
+
+class SmtpPermanentError(Exception):
+    """The server refused the message for good (5xx): retrying cannot help."""
+
+
+class EmailSender(Protocol):
+    """Anything that can deliver an email message."""
+
+    def send(self, message: EmailMessage) -> None:
+        """Deliver ``message`` or raise ``SmtpTransientError``/``SmtpPermanentError``."""
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """Where and how to reach the SMTP server."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    starttls: bool = False
+    timeout: float = 10.0
+
+
+class AioSmtpSender:
+    """Sends messages with aiosmtplib on the process's asyncio loop."""
+
+    def __init__(self, config: SmtpConfig, bridge: AsyncioBridge = BRIDGE) -> None:
+        self._config = config
+        self._bridge = bridge
+        # Resolved once, here: aiosmtplib would otherwise look it up in an
+        # executor thread, which deadlocks inside the bridge's loop.
+        self._local_hostname = socket.gethostname() or "localhost"
+        self._tls_context = ssl.create_default_context() if config.starttls else None
+
+    def send(self, message: EmailMessage) -> None:
+        """Deliver one message, classifying failures as transient or permanent."""
+        config = self._config
+        try:
+            self._bridge.run(
+                lambda: aiosmtplib.send(
+                    message,
+                    hostname=config.host,
+                    port=config.port,
+                    username=config.username,
+                    password=config.password,
+                    start_tls=config.starttls,
+                    tls_context=self._tls_context,
+                    timeout=config.timeout,
+                    local_hostname=self._local_hostname,
+                ),
+                timeout=config.timeout * 3,
+            )
+        except aiosmtplib.SMTPResponseException as exc:
+            if 400 <= exc.code < 500:
+                raise SmtpTransientError(f"SMTP {exc.code}: {exc.message}") from exc
+            raise SmtpPermanentError(f"SMTP {exc.code}: {exc.message}") from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise SmtpTransientError(f"SMTP unavailable: {type(exc).__name__}: {exc}") from exc

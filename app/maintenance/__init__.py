@@ -1,0 +1,5 @@
+"""Periodic maintenance: session expiry and the beat schedule."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,1 @@
+"""Alembic migrations: every schema change to the fleet's PostgreSQL database."""

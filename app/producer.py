@@ -1,0 +1,42 @@
+"""Producer API: the only module the FastAPI service imports to enqueue work.
+
+Every helper validates its arguments with the same models the workers use, so
+a bad call fails in the request that made it, then publishes by task name with
+publisher confirms (the broker has the message when the call returns).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.result import AsyncResult
+
+from app import contracts
+from app.celery_app import celery_app
+
+
+def enqueue(task_name: str, model: type[contracts.Arguments], **arguments: Any) -> AsyncResult[Any]:
+    """Validate ``arguments`` against ``model`` and publish ``task_name``.
+
+    Raises:
+        contracts.InvalidTaskArguments: the arguments can never be valid.
+    """
+    validated = contracts.validate_arguments(task_name, model, arguments)
+    return celery_app.send_task(task_name, kwargs=validated.model_dump(mode="json"))
+
+
+def enqueue_welcome_email(user_email: str, user_name: str) -> AsyncResult[Any]:
+    """Queue the welcome email for a new user."""
+    return enqueue(
+        contracts.SEND_WELCOME_EMAIL, contracts.WelcomeEmailArgs, user_email=user_email, user_name=user_name
+    )
+
+
+def enqueue_process_payment(payment_id: int) -> AsyncResult[Any]:
+    """Queue processing of a pending payment (idempotent)."""
+    return enqueue(contracts.PROCESS_PAYMENT, contracts.ProcessPaymentArgs, payment_id=payment_id)
+
+
+def enqueue_cleanup_old_sessions() -> AsyncResult[Any]:
+    """Queue a session cleanup now (beat also runs it daily)."""
+    return enqueue(contracts.CLEANUP_OLD_SESSIONS, contracts.NoArgs)

@@ -1,0 +1,191 @@
+"""Celery result backend on PostgreSQL: pooled, one upsert per state change, JSON rows.
+
+Celery's stock ``DatabaseBackend`` opens a connection per stored result outside
+forked children, builds a backend per greenlet under gevent, and locks the row
+before each write. This backend keeps Celery's result API (``AsyncResult``,
+groups, chords through ``chord_unlock``) and stores each state change with a
+single ``INSERT ... ON CONFLICT DO UPDATE`` whose ``WHERE`` clause keeps a
+finished result from being overwritten by a late duplicate.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import states
+from celery.backends.base import BaseBackend
+from celery.result import GroupResult, result_from_tuple
+from kombu.utils.json import dumps, loads
+from psycopg2 import InterfaceError, OperationalError
+
+from app.db import engine_for
+from app.settings import sqlalchemy_url
+
+#: A result already in one of these states is never replaced by a later write.
+FINAL_STATES = (states.SUCCESS,)
+
+_UPSERT = """
+INSERT INTO task_results (task_id, status, task_name, result, traceback, children, date_done)
+VALUES (%(task_id)s, %(status)s, %(task_name)s, %(result)s, %(traceback)s, %(children)s, %(date_done)s)
+ON CONFLICT (task_id) DO UPDATE SET
+    status = EXCLUDED.status,
+    task_name = COALESCE(EXCLUDED.task_name, task_results.task_name),
+    result = EXCLUDED.result,
+    traceback = EXCLUDED.traceback,
+    children = EXCLUDED.children,
+    date_done = EXCLUDED.date_done
+WHERE task_results.status <> 'SUCCESS'
+  AND (EXCLUDED.status IN ('SUCCESS', 'FAILURE', 'REVOKED')
+       OR task_results.status NOT IN ('FAILURE', 'REVOKED'))
+"""
+_SELECT = """
+SELECT status, result::text, traceback, children::text, date_done FROM task_results WHERE task_id = %s
+"""
+_SAVE_GROUP = """
+INSERT INTO group_results (group_id, result, date_done) VALUES (%s, %s, %s)
+ON CONFLICT (group_id) DO UPDATE SET result = EXCLUDED.result, date_done = EXCLUDED.date_done
+"""
+#: Expired rows are deleted in batches, so cleanup never holds a long table lock.
+CLEANUP_BATCH = 5000
+_CLEANUP = """
+DELETE FROM {table} WHERE {key} IN (
+    SELECT {key} FROM {table} WHERE date_done < %s ORDER BY date_done LIMIT %s
+)
+"""
+
+
+class PostgresBackend(BaseBackend):
+    """Result backend storing task state in the ``task_results`` table."""
+
+    #: Retry transient connection errors (a database restart) with backoff.
+    RETRYABLE = (OperationalError, InterfaceError)
+
+    def __init__(self, app: Any = None, url: str | None = None, **kwargs: Any) -> None:
+        super().__init__(app=app, url=url, **kwargs)
+        self.url = sqlalchemy_url(url or app.conf.database_url)
+        self.expires = self.prepare_expires(kwargs.get("expires"), type=float)
+        # One backend per process, shared by its threads and greenlets: the
+        # engine's pool is what keeps them apart.
+        self.thread_safe = True
+        self.always_retry = True
+        self.max_retries = 10
+
+    # -- connections -----------------------------------------------------
+    def _execute(self, sql: str, params: Any, fetch: bool = False) -> Any:
+        connection = engine_for(self.url, pool_size=10, max_overflow=20).raw_connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(sql, params)
+                row = cursor.fetchone() if fetch else cursor.rowcount
+            finally:
+                cursor.close()
+            connection.commit()
+            return row
+        except self.RETRYABLE:
+            connection.invalidate()
+            raise
+        finally:
+            connection.close()
+
+    def exception_safe_to_retry(self, exc: BaseException) -> bool:
+        """Connection-level errors are retried; data errors are not."""
+        return isinstance(exc, self.RETRYABLE)
+
+    # -- task results ----------------------------------------------------
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: str | None = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        children = self.current_task_children(request)
+        self._execute(
+            _UPSERT,
+            {
+                "task_id": task_id,
+                "status": state,
+                "task_name": getattr(request, "task", None),
+                "result": dumps(result),
+                "traceback": traceback,
+                "children": dumps(children) if children else None,
+                "date_done": datetime.now(UTC) if state in self.READY_STATES else None,
+            },
+        )
+        return result
+
+    def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
+        row = self._execute(_SELECT, (task_id,), fetch=True)
+        if row is None:
+            return {
+                "task_id": task_id,
+                "status": states.PENDING,
+                "result": None,
+                "traceback": None,
+                "children": [],
+                "date_done": None,
+            }
+        status, result, traceback, children, date_done = row
+        return self.meta_from_decoded(
+            {
+                "task_id": task_id,
+                "status": status,
+                "result": _load(result),
+                "traceback": traceback,
+                "children": _load(children) or [],
+                "date_done": date_done,
+            }
+        )
+
+    def _forget(self, task_id: str) -> None:
+        self._execute("DELETE FROM task_results WHERE task_id = %s", (task_id,))
+
+    # -- groups ----------------------------------------------------------
+    def _save_group(self, group_id: str, result: GroupResult) -> GroupResult:
+        self._execute(_SAVE_GROUP, (group_id, dumps(result.as_tuple()), datetime.now(UTC)))
+        return result
+
+    def _restore_group(self, group_id: str) -> dict[str, Any] | None:
+        row = self._execute(
+            "SELECT result::text, date_done FROM group_results WHERE group_id = %s", (group_id,), fetch=True
+        )
+        if row is None:
+            return None
+        return {
+            "group_id": group_id,
+            "result": result_from_tuple(_load(row[0]), self.app),  # type: ignore[attr-defined]
+            "date_done": row[1],
+        }
+
+    def _delete_group(self, group_id: str) -> None:
+        self._execute("DELETE FROM group_results WHERE group_id = %s", (group_id,))
+
+    # -- expiry ----------------------------------------------------------
+    def cleanup(self) -> int:  # type: ignore[override]
+        """Delete results older than ``result_expires``, in small batches.
+
+        Returns:
+            The number of rows deleted.
+        """
+        if not self.expires:
+            return 0
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.expires)
+        deleted = 0
+        for table, key in (("task_results", "task_id"), ("group_results", "group_id")):
+            sql = _CLEANUP.format(table=table, key=key)
+            while (count := self._execute(sql, (cutoff, CLEANUP_BATCH))) > 0:
+                deleted += count
+        return deleted
+
+    def __reduce__(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        return super().__reduce__(args, {**(kwargs or {}), "url": self.url})  # type: ignore[call-arg]
+
+
+def _load(text: str | None) -> Any:
+    # Columns are read as text so kombu's decoder restores the types it encoded
+    # (datetimes, UUIDs, decimals); psycopg2's jsonb parser would not.
+    return None if text is None else loads(text)

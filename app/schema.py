@@ -1,0 +1,77 @@
+"""SQLAlchemy table definitions: the schema the migrations create, in one metadata."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+#: One row per task id: the Celery result backend's storage.
+task_results = Table(
+    "task_results",
+    metadata,
+    Column("task_id", String(155), primary_key=True),
+    Column("status", String(50), nullable=False),
+    Column("task_name", String(255)),
+    Column("result", JSONB),
+    Column("traceback", Text),
+    Column("children", JSONB),
+    Column("date_done", DateTime(timezone=True)),
+    Index("ix_task_results_date_done", "date_done"),
+)
+
+#: One row per saved group (``GroupResult.save()``, chords).
+group_results = Table(
+    "group_results",
+    metadata,
+    Column("group_id", String(155), primary_key=True),
+    Column("result", JSONB, nullable=False),
+    Column("date_done", DateTime(timezone=True), nullable=False),
+    Index("ix_group_results_date_done", "date_done"),
+)
+
+#: Web sessions of the FastAPI product; maintenance expires old ones.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_sessions_created_at", "created_at"),
+)
+
+#: Payments; ``status`` moves from ``pending`` to ``processed`` exactly once.
+payments = Table(
+    "payments",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("amount_cents", Integer, nullable=False),
+    Column("currency", String(3), nullable=False, server_default=text("'EUR'")),
+    Column("status", String(20), nullable=False, server_default=text("'pending'")),
+    Column("processed_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("amount_cents > 0", name="amount_positive"),
+    CheckConstraint("status IN ('pending', 'processed', 'failed', 'refunded')", name="status_known"),
+)

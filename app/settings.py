@@ -1,0 +1,115 @@
+"""Settings: the only place environment variables are read."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Passwords that must never reach production.
+PLACEHOLDER_SECRETS = frozenset({"guest", "changeme", "change-me", "password", "secret"})
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with its password replaced by ``***``, for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Normalise a PostgreSQL URL to the psycopg2 driver SQLAlchemy should use.
+
+    Accepts ``postgresql://``, ``postgres://``, ``postgresql+psycopg2://`` and
+    Celery's ``db+postgresql://`` spellings. SQLAlchemy 2.1 maps a bare
+    ``postgresql://`` to psycopg 3, which the fleet does not install.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"not a URL: {mask_url(url)!r}")
+    scheme = scheme.removeprefix("db+")
+    if scheme in {"postgres", "postgresql", "postgresql+psycopg2"}:
+        return f"postgresql+psycopg2://{rest}"
+    raise ValueError(f"expected a postgresql:// URL, got scheme {scheme!r}")
+
+
+class Settings(BaseSettings):
+    """Typed, frozen view of the environment (12-factor; loopback defaults)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True)
+
+    #: ``dev`` allows placeholder secrets; ``prod`` refuses them.
+    magnetiq_env: Literal["dev", "test", "prod"] = "dev"
+
+    celery_broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/magnetiq"
+    #: Defaults to ``database_url``.
+    celery_result_backend: str | None = None
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=1025, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_timeout: float = Field(default=10.0, gt=0)
+    mail_from: str = "Magnetiq <no-reply@magnetiq.local>"
+
+    #: Port of a worker's ``/metrics`` endpoint; 0 turns the endpoint off.
+    metrics_port: int = Field(default=9808, ge=0, le=65535)
+
+    #: Seconds a stored result lives before expiry cleanup deletes it.
+    result_expires: int = Field(default=7 * 24 * 3600, gt=0)
+    #: Seconds a soft time limit gives a prefork task before it must stop.
+    task_soft_time_limit: int = Field(default=120, gt=0)
+    #: Seconds after which a prefork task's process is killed.
+    task_time_limit: int = Field(default=150, gt=0)
+
+    @field_validator("celery_broker_url")
+    @classmethod
+    def _amqp_only(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://", "pyamqp://")):
+            raise ValueError(f"CELERY_BROKER_URL must be amqp:// or amqps://, got {mask_url(value)!r}")
+        return value
+
+    @field_validator("database_url", "celery_result_backend")
+    @classmethod
+    def _postgres_only(cls, value: str | None) -> str | None:
+        return None if value is None else sqlalchemy_url(value)
+
+    @model_validator(mode="after")
+    def _limits_and_secrets(self) -> Settings:
+        if self.task_soft_time_limit >= self.task_time_limit:
+            raise ValueError("TASK_SOFT_TIME_LIMIT must be below TASK_TIME_LIMIT")
+        if self.magnetiq_env == "prod":
+            broker_password = urlsplit(self.celery_broker_url).password
+            smtp_password = self.smtp_password.get_secret_value() if self.smtp_password else None
+            for name, secret in (("CELERY_BROKER_URL", broker_password), ("SMTP_PASSWORD", smtp_password)):
+                if secret in PLACEHOLDER_SECRETS:
+                    raise ValueError(f"{name} uses a placeholder password; set a real secret in prod")
+        return self
+
+    @property
+    def result_backend_url(self) -> str:
+        """The PostgreSQL URL results are stored in."""
+        return self.celery_result_backend or self.database_url
+
+    def describe(self) -> dict[str, str]:
+        """Return the connection settings with every secret masked, for logs."""
+        return {
+            "broker": mask_url(self.celery_broker_url),
+            "database": mask_url(self.database_url),
+            "results": mask_url(self.result_backend_url),
+            "smtp": f"{self.smtp_host}:{self.smtp_port}",
+        }
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Build the settings once per process from the environment."""
+    return Settings()

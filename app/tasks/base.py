@@ -1,0 +1,58 @@
+"""The shared task base: argument validation, bounded retries, failure logging."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any, ClassVar
+
+from celery import Task
+
+from app.contracts import Arguments, InvalidTaskArguments, validate_arguments
+
+log = logging.getLogger(__name__)
+
+
+class FleetTask(Task[Any, Any]):
+    """Base of every fleet task.
+
+    ``arguments`` names the contract model; each call is validated against it
+    before the body runs, so a bad payload fails at once (FAILURE, then the
+    queue's DLQ through ``task_acks_on_failure=False``) and is never retried.
+    """
+
+    #: The pydantic model of the task's arguments (see ``app.contracts``).
+    arguments: ClassVar[type[Arguments] | None] = None
+    #: Retries are opt-in per task through ``autoretry_for``; these bound them.
+    max_retries = 5
+    retry_backoff = 2
+    retry_backoff_max = 300
+    retry_jitter = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Validate the arguments, then run the task body."""
+        if self.arguments is not None:
+            kwargs = self._validated(args, kwargs)
+            args = ()
+        return super().__call__(*args, **kwargs)
+
+    def _validated(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        assert self.arguments is not None
+        signature = inspect.signature(self.run)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidTaskArguments(f"{self.name}: invalid arguments: {exc}") from None
+        model = validate_arguments(self.name, self.arguments, dict(bound.arguments))
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Log the failure with the task's identity (never its arguments)."""
+        log.error(
+            "task failed: %s[%s]: %s: %s",
+            self.name,
+            task_id,
+            type(exc).__name__,
+            exc,
+            extra={"task_name": self.name, "task_id": task_id},
+        )

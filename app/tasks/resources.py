@@ -1,0 +1,33 @@
+"""Per-process collaborators of the tasks, created on first use in each process."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from sqlalchemy import Engine
+
+from app.db import engine_for
+from app.mail.render import Renderer
+from app.mail.service import MailService
+from app.mail.smtp import AioSmtpSender, SmtpConfig
+from app.settings import get_settings
+
+
+def engine() -> Engine:
+    """The domain database engine of this process."""
+    return engine_for(get_settings().database_url)
+
+
+@lru_cache(maxsize=1)
+def mail_service() -> MailService:
+    """The mail service, wired to the configured SMTP server."""
+    settings = get_settings()
+    config = SmtpConfig(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        username=settings.smtp_username,
+        password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+        starttls=settings.smtp_starttls,
+        timeout=settings.smtp_timeout,
+    )
+    return MailService(AioSmtpSender(config), Renderer(), settings.mail_from)

@@ -1,0 +1,40 @@
+"""Exchange, queue and routing-key names: the fixed vocabulary of the broker."""
+
+from __future__ import annotations
+
+#: Topic exchange every task is published to.
+TASKS_EXCHANGE = "magnetiq.tasks"
+#: Topic exchange quorum queues dead-letter into.
+DLX_EXCHANGE = "magnetiq.dlx"
+
+#: Latency-sensitive, I/O-bound mail work (gevent pool).
+EMAIL = "email"
+#: Money and calendar work (prefork pool).
+BOOKING = "booking"
+#: Periodic and housekeeping work (prefork pool, one process).
+MAINTENANCE = "maintenance"
+
+#: Every work queue, in the order ops read them.
+WORK_QUEUES = (EMAIL, BOOKING, MAINTENANCE)
+
+
+def dlq(queue: str) -> str:
+    """Return the dead-letter queue name of a work queue (``email`` -> ``email.dlq``)."""
+    return f"{queue}.dlq"
+
+
+def binding_key(queue: str) -> str:
+    """Return the topic binding of a work queue (``email`` -> ``email.#``)."""
+    return f"{queue}.#"
+
+
+def routing_key(queue: str, task_short_name: str) -> str:
+    """Return the routing key a task is published with (``email.send_welcome_email``).
+
+    The short name is the task function's name, which has no dots, so the key
+    contains exactly one queue word: native delayed delivery binds each queue as
+    ``#.<queue>.#`` and a second queue word would copy the message there too.
+    """
+    if "." in task_short_name:
+        raise ValueError(f"task short name {task_short_name!r} must not contain dots")
+    return f"{queue}.{task_short_name}"

@@ -1,0 +1,38 @@
+"""Task-name prefix -> queue: the router Celery consults before each publish."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from routing import names
+
+#: Task module prefix -> work queue. Keyed on the dotted task name, so routing
+#: never imports task code.
+PREFIXES: dict[str, str] = {
+    "app.tasks.email_tasks.": names.EMAIL,
+    "app.tasks.booking_tasks.": names.BOOKING,
+    "app.tasks.maintenance.": names.MAINTENANCE,
+    # Celery's own result expiry job runs beside the other periodic jobs.
+    "celery.backend_cleanup": names.MAINTENANCE,
+}
+
+
+def queue_for(task_name: str) -> str | None:
+    """Return the work queue of a task name, or None when no prefix matches."""
+    for prefix, queue in PREFIXES.items():
+        if task_name == prefix or task_name.startswith(prefix):
+            return queue
+    return None
+
+
+def route_task(name: str, args: Any, kwargs: Any, options: Any, **_: Any) -> dict[str, str] | None:
+    """Celery router: pick the queue, exchange and routing key for a task name."""
+    queue = queue_for(name)
+    if queue is None:
+        return None
+    return {
+        "queue": queue,
+        "exchange": names.TASKS_EXCHANGE,
+        "exchange_type": "topic",
+        "routing_key": names.routing_key(queue, name.rsplit(".", 1)[-1]),
+    }

@@ -1,0 +1,142 @@
+"""The PostgreSQL result backend against a real database."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from celery import states
+from celery.result import AsyncResult, GroupResult
+from sqlalchemy import text
+
+from app import result_backend
+from app.celery_app import celery_app
+
+
+@pytest.fixture
+def backend(database: Any) -> result_backend.PostgresBackend:
+    backend = celery_app.backend
+    assert isinstance(backend, result_backend.PostgresBackend)
+    return backend
+
+
+def _row(database: Any, task_id: str) -> Any:
+    with database.connect() as db:
+        return db.execute(
+            text("SELECT status, result, date_done FROM task_results WHERE task_id = :id"), {"id": task_id}
+        ).one_or_none()
+
+
+def test_unknown_task_is_pending(backend: result_backend.PostgresBackend) -> None:
+    result = AsyncResult(str(uuid.uuid4()), app=celery_app)
+    assert result.status == states.PENDING
+    assert result.result is None
+
+
+def test_success_round_trips_json_types(backend: result_backend.PostgresBackend, database: Any) -> None:
+    task_id = str(uuid.uuid4())
+    value = {"when": datetime(2026, 1, 2, 3, 4, tzinfo=UTC), "amount": Decimal("12.50"), "n": [1, 2]}
+    backend.store_result(task_id, value, states.SUCCESS)
+    result = AsyncResult(task_id, app=celery_app)
+    assert result.status == states.SUCCESS
+    assert result.get(timeout=5) == value
+    status, stored, date_done = _row(database, task_id)
+    assert status == states.SUCCESS
+    assert stored["n"] == [1, 2]  # plain JSON in the row, readable with SQL
+    assert date_done is not None
+
+
+def test_failure_round_trips_the_exception(backend: result_backend.PostgresBackend) -> None:
+    task_id = str(uuid.uuid4())
+    backend.store_result(task_id, ValueError("bad payment 7"), states.FAILURE, traceback="Traceback ...")
+    result = AsyncResult(task_id, app=celery_app)
+    assert result.status == states.FAILURE
+    assert isinstance(result.result, ValueError)
+    assert "bad payment 7" in str(result.result)
+    assert result.traceback == "Traceback ..."
+
+
+def test_a_late_duplicate_never_overwrites_success(backend: result_backend.PostgresBackend) -> None:
+    task_id = str(uuid.uuid4())
+    backend.store_result(task_id, "first", states.SUCCESS)
+    backend.store_result(task_id, None, states.STARTED)
+    backend.store_result(task_id, RuntimeError("late"), states.FAILURE)
+    backend.store_result(task_id, "second", states.SUCCESS)
+    meta = backend.get_task_meta(task_id, cache=False)
+    assert (meta["status"], meta["result"]) == (states.SUCCESS, "first")
+
+
+def test_a_started_write_never_hides_a_failure_but_a_replay_success_does(
+    backend: result_backend.PostgresBackend,
+) -> None:
+    task_id = str(uuid.uuid4())
+    backend.store_result(task_id, None, states.STARTED)
+    backend.store_result(task_id, KeyError("x"), states.FAILURE)
+    backend.store_result(task_id, None, states.STARTED)
+    assert backend.get_task_meta(task_id, cache=False)["status"] == states.FAILURE
+    backend.store_result(task_id, "ok", states.SUCCESS)
+    assert backend.get_task_meta(task_id, cache=False)["result"] == "ok"
+
+
+def test_group_save_restore_and_delete(backend: result_backend.PostgresBackend) -> None:
+    children = [AsyncResult(str(uuid.uuid4()), app=celery_app) for _ in range(3)]
+    for child in children:
+        backend.store_result(child.id, 1, states.SUCCESS)
+    group = GroupResult(str(uuid.uuid4()), children, app=celery_app)
+    group.save(backend=backend)
+    restored = GroupResult.restore(group.id, app=celery_app, backend=backend)
+    assert restored is not None
+    assert [r.id for r in restored.results] == [c.id for c in children]
+    assert restored.get(timeout=5) == [1, 1, 1]
+    restored.delete(backend=backend)
+    assert GroupResult.restore(group.id, app=celery_app, backend=backend) is None
+
+
+def test_forget_removes_the_row(backend: result_backend.PostgresBackend, database: Any) -> None:
+    task_id = str(uuid.uuid4())
+    backend.store_result(task_id, 1, states.SUCCESS)
+    AsyncResult(task_id, app=celery_app).forget()
+    assert _row(database, task_id) is None
+
+
+def test_cleanup_deletes_only_expired_rows_in_batches(
+    backend: result_backend.PostgresBackend, database: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given 25 expired results and 5 fresh ones
+    ids = [str(uuid.uuid4()) for _ in range(30)]
+    for task_id in ids:
+        backend.store_result(task_id, 1, states.SUCCESS)
+    old = datetime.now(UTC) - timedelta(seconds=backend.expires + 60)
+    with database.begin() as db:
+        db.execute(
+            text("UPDATE task_results SET date_done = :old WHERE task_id = ANY(:ids)"),
+            {"old": old, "ids": ids[:25]},
+        )
+    monkeypatch.setattr(result_backend, "CLEANUP_BATCH", 10)
+    # when cleanup runs
+    deleted = backend.cleanup()
+    # then exactly the expired rows are gone
+    assert deleted == 25
+    with database.connect() as db:
+        left = db.execute(text("SELECT task_id FROM task_results")).scalars().all()
+    assert sorted(left) == sorted(ids[25:])
+
+
+def test_stores_reuse_pooled_connections(backend: result_backend.PostgresBackend, database: Any) -> None:
+    def sessions() -> int:
+        with database.connect() as db:
+            return int(
+                db.execute(
+                    text("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+                ).scalar_one()
+            )
+
+    backend.store_result(str(uuid.uuid4()), 0, states.SUCCESS)  # warm the pool
+    before = sessions()
+    for i in range(50):
+        backend.store_result(str(uuid.uuid4()), i, states.SUCCESS)
+    # the stock DatabaseBackend opens one session per result here; the pool opens none
+    assert sessions() - before <= 2

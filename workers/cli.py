@@ -1,0 +1,139 @@
+"""``magnetiq``: the fleet's command line for set-up and local runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+from kombu import Connection
+
+from app.migrate import upgrade
+from app.settings import Settings, get_settings, mask_url
+from routing import declare_topology
+from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
+from workers.__main__ import build_argv
+from workers.profiles import PROFILES
+
+#: What to run when a service is down, shown with the error.
+START_HINTS = {
+    "rabbitmq": "start it with `rabbitmq-server -detached` or point CELERY_BROKER_URL at a running broker",
+    "postgresql": (
+        "start it with `pg_ctlcluster <version> main start` or point DATABASE_URL at a running server"
+    ),
+}
+
+
+class ServiceDown(click.ClickException):
+    """A required service is unreachable: one clear line, exit status 2."""
+
+    exit_code = 2
+
+
+def broker_connection(settings: Settings) -> Connection:
+    """Connect to the broker once, failing fast with a clear error."""
+    connection = Connection(settings.celery_broker_url, connect_timeout=5)
+    try:
+        connection.ensure_connection(max_retries=1, timeout=5)
+    except Exception as exc:
+        raise ServiceDown(
+            f"RabbitMQ is not reachable at {mask_url(settings.celery_broker_url)} ({exc}); "
+            f"{START_HINTS['rabbitmq']}"
+        ) from exc
+    return connection
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Operate the Magnetiq task fleet (settings come from the environment)."""
+
+
+@main.group()
+def db() -> None:
+    """Database set-up."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Create the database if missing and apply every migration."""
+    settings = get_settings()
+    try:
+        upgrade(settings.database_url)
+    except ConnectionError as exc:
+        raise ServiceDown(f"{exc}; {START_HINTS['postgresql']}") from exc
+    click.echo(f"database {mask_url(settings.database_url)} is at the newest migration")
+
+
+@main.group()
+def topology() -> None:
+    """RabbitMQ exchanges, queues and dead-letter queues."""
+
+
+@topology.command("apply")
+def topology_apply() -> None:
+    """Declare every exchange and queue (idempotent)."""
+    with broker_connection(get_settings()) as connection:
+        declared = declare_topology(connection)
+    click.echo(f"declared {len(declared)} entities: {', '.join(declared)}")
+
+
+@topology.command("check")
+def topology_check() -> None:
+    """Check that every queue exists with the declared arguments (passive declares)."""
+    missing = []
+    with broker_connection(get_settings()) as connection:
+        for queue in (*TASK_QUEUES, *DEAD_LETTER_QUEUES):
+            try:
+                with connection.channel() as channel:
+                    _, ready, consumers = channel.queue_declare(queue.name, passive=True)  # type: ignore[attr-defined]
+                click.echo(f"ok      {queue.name:<16} ready={ready:<6} consumers={consumers}")
+            except Exception as exc:
+                missing.append(queue.name)
+                click.echo(f"MISSING {queue.name:<16} {exc}")
+    if missing:
+        raise click.ClickException(f"{len(missing)} queue(s) missing: run `magnetiq topology apply`")
+
+
+@main.command()
+@click.option("--no-beat", is_flag=True, help="Do not run the beat scheduler.")
+@click.option(
+    "--mail-dir",
+    default="var/mail",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the local SMTP sink writes received mail (when SMTP_HOST is unset).",
+)
+def run(no_beat: bool, mail_dir: Path) -> None:
+    """Set up and run the whole fleet in the foreground (Ctrl-C stops it).
+
+    Migrates the database, declares the topology, then runs the email,
+    booking and maintenance workers and beat under one process runner. When
+    SMTP_HOST is not set, a local SMTP sink on 127.0.0.1:1025 keeps every mail
+    as a file under --mail-dir.
+    """
+    from honcho import manager as honcho
+
+    settings = get_settings()
+    ctx = click.get_current_context()
+    ctx.invoke(db_upgrade)
+    ctx.invoke(topology_apply)
+    # Warm shutdown lets running tasks finish; give it longer than honcho's 5 s.
+    honcho.KILL_WAIT = 30
+    runner = honcho.Manager()
+    env = dict(os.environ)
+    if "SMTP_HOST" not in os.environ:
+        mail_dir.mkdir(parents=True, exist_ok=True)
+        runner.add_process(
+            "smtp",
+            f"{sys.executable} -m aiosmtpd -n -l {settings.smtp_host}:{settings.smtp_port} "
+            f"-c aiosmtpd.handlers.Mailbox {mail_dir}",
+            env=env,
+        )
+        click.echo(
+            f"local SMTP sink on {settings.smtp_host}:{settings.smtp_port}; mail kept in {mail_dir}/new"
+        )
+    for role in [*PROFILES, *([] if no_beat else ["beat"])]:
+        runner.add_process(role, " ".join(build_argv(role)), env=env)
+    runner.loop()
+    sys.exit(runner.returncode or 0)

@@ -1,0 +1,15 @@
+"""The ``celery -A`` target: the app plus worker-side signals and bootsteps.
+
+``app.celery_app`` lists this module in ``imports``, so a plain
+``celery -A app.celery_app worker`` loads the same set-up.
+"""
+
+from __future__ import annotations
+
+from app.celery_app import celery_app
+from workers.signals import DeclareTopology, green_psycopg
+
+green_psycopg()
+celery_app.steps["consumer"].add(DeclareTopology)
+
+__all__ = ["celery_app"]

@@ -1,0 +1,85 @@
+"""Worker profiles: pure data, one per queue-specific Deployment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from routing import names
+
+
+@dataclass(frozen=True)
+class WorkerProfile:
+    """How one kind of worker runs: its queues, pool and limits."""
+
+    #: Profile name; also the node name prefix (``<name>@%h``) and Deployment suffix.
+    name: str
+    #: Queues consumed.
+    queues: tuple[str, ...]
+    #: Celery pool: ``gevent`` for I/O-bound work, ``prefork`` for DB/CPU work.
+    pool: str
+    #: Greenlets or processes; 0 means one per CPU core.
+    concurrency: int
+    #: Messages prefetched per unit of concurrency.
+    prefetch_multiplier: int
+    #: Recycle a prefork child after this many tasks (leaks stay bounded).
+    max_tasks_per_child: int | None = None
+    #: Recycle a prefork child above this resident size, in KiB.
+    max_memory_per_child: int | None = None
+
+    @property
+    def effective_concurrency(self) -> int:
+        """The concurrency with 0 resolved to the number of cores."""
+        return self.concurrency or os.cpu_count() or 1
+
+    def argv(self, app: str = "workers.entry", loglevel: str = "INFO") -> list[str]:
+        """Return the ``celery worker`` arguments (after the program name) for this profile."""
+        args = [
+            "-A",
+            app,
+            "worker",
+            "--hostname",
+            f"{self.name}@%h",
+            "--queues",
+            ",".join(self.queues),
+            "--pool",
+            self.pool,
+            "--concurrency",
+            str(self.effective_concurrency),
+            "--prefetch-multiplier",
+            str(self.prefetch_multiplier),
+            "--loglevel",
+            loglevel,
+            "--task-events",
+            # Gossip is chatter between every pair of workers; nothing here uses it.
+            "--without-gossip",
+        ]
+        if self.max_tasks_per_child:
+            args += ["--max-tasks-per-child", str(self.max_tasks_per_child)]
+        if self.max_memory_per_child:
+            args += ["--max-memory-per-child", str(self.max_memory_per_child)]
+        return args
+
+
+EMAIL = WorkerProfile("email", queues=(names.EMAIL,), pool="gevent", concurrency=100, prefetch_multiplier=4)
+BOOKING = WorkerProfile(
+    "booking",
+    queues=(names.BOOKING,),
+    pool="prefork",
+    concurrency=0,
+    prefetch_multiplier=1,
+    max_tasks_per_child=500,
+    max_memory_per_child=512_000,
+)
+MAINTENANCE = WorkerProfile(
+    "maintenance",
+    queues=(names.MAINTENANCE,),
+    pool="prefork",
+    concurrency=1,
+    prefetch_multiplier=1,
+    max_tasks_per_child=100,
+    max_memory_per_child=512_000,
+)
+
+#: Every profile by name.
+PROFILES: dict[str, WorkerProfile] = {p.name: p for p in (EMAIL, BOOKING, MAINTENANCE)}
