@@ -63,5 +63,6 @@ def upgrade(url: str) -> None:
     try:
         ensure_database(url)
     except OperationalError as exc:
-        raise ConnectionError(f"PostgreSQL at {mask_url(url)} is unreachable: {exc.orig}") from exc
+        reason = " ".join(str(exc.orig).split())
+        raise ConnectionError(f"PostgreSQL at {mask_url(url)} is unreachable: {reason}") from exc
     command.upgrade(alembic_config(url), "head")

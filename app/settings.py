@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     #: Defaults to ``database_url``.
     celery_result_backend: str | None = None
 
-    smtp_host: str = "127.0.0.1"
+    #: Unset means "no real server": the local sink on 127.0.0.1 (``magnetiq run`` starts one).
+    smtp_host: str | None = None
     smtp_port: int = Field(default=1025, ge=1, le=65535)
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
@@ -62,6 +63,11 @@ class Settings(BaseSettings):
 
     #: Port of a worker's ``/metrics`` endpoint; 0 turns the endpoint off.
     metrics_port: int = Field(default=9808, ge=0, le=65535)
+
+    #: Worker and beat log level.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    #: Beat's local state file.
+    beat_schedule_file: str = "var/celerybeat-schedule"
 
     #: Seconds a stored result lives before expiry cleanup deletes it.
     result_expires: int = Field(default=7 * 24 * 3600, gt=0)
@@ -95,6 +101,11 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def smtp_server(self) -> str:
+        """The SMTP host to connect to (the local sink when ``SMTP_HOST`` is unset)."""
+        return self.smtp_host or "127.0.0.1"
+
+    @property
     def result_backend_url(self) -> str:
         """The PostgreSQL URL results are stored in."""
         return self.celery_result_backend or self.database_url
@@ -105,7 +116,7 @@ class Settings(BaseSettings):
             "broker": mask_url(self.celery_broker_url),
             "database": mask_url(self.database_url),
             "results": mask_url(self.result_backend_url),
-            "smtp": f"{self.smtp_host}:{self.smtp_port}",
+            "smtp": f"{self.smtp_server}:{self.smtp_port}",
         }
 
 

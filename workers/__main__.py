@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from app.settings import get_settings
 from workers.profiles import PROFILES
 
 
@@ -14,7 +15,7 @@ def build_argv(role: str, extra: Sequence[str] = (), loglevel: str = "INFO") -> 
     """Return the full argv (``python -m celery ...``) for a profile or ``beat``."""
     base = [sys.executable, "-m", "celery"]
     if role == "beat":
-        schedule = os.environ.get("BEAT_SCHEDULE_FILE", "var/celerybeat-schedule")
+        schedule = get_settings().beat_schedule_file
         os.makedirs(os.path.dirname(schedule) or ".", exist_ok=True)
         return [*base, "-A", "workers.entry", "beat", "--loglevel", loglevel, "--schedule", schedule, *extra]
     return [*base, *PROFILES[role].argv(loglevel=loglevel), *extra]
@@ -28,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "Arguments after the role are passed to Celery unchanged.",
     )
     parser.add_argument("role", choices=[*PROFILES, "beat"], help="worker profile, or beat")
-    parser.add_argument("--loglevel", default=os.environ.get("LOG_LEVEL", "INFO"))
+    parser.add_argument("--loglevel", default=get_settings().log_level)
     parser.add_argument("--print", action="store_true", help="print the command instead of running it")
     args, extra = parser.parse_known_args(argv)
     command = build_argv(args.role, extra, args.loglevel)

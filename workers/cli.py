@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mailbox
 import os
 import sys
 from pathlib import Path
@@ -122,18 +123,23 @@ def run(no_beat: bool, mail_dir: Path) -> None:
     honcho.KILL_WAIT = 30
     runner = honcho.Manager()
     env = dict(os.environ)
-    if "SMTP_HOST" not in os.environ:
-        mail_dir.mkdir(parents=True, exist_ok=True)
+    if settings.smtp_host is None:
+        mail_dir.parent.mkdir(parents=True, exist_ok=True)
+        mailbox.Maildir(mail_dir, create=True)  # tmp/, new/, cur/ for the sink
         runner.add_process(
             "smtp",
-            f"{sys.executable} -m aiosmtpd -n -l {settings.smtp_host}:{settings.smtp_port} "
+            f"{sys.executable} -m aiosmtpd -n -l {settings.smtp_server}:{settings.smtp_port} "
             f"-c aiosmtpd.handlers.Mailbox {mail_dir}",
             env=env,
         )
         click.echo(
-            f"local SMTP sink on {settings.smtp_host}:{settings.smtp_port}; mail kept in {mail_dir}/new"
+            f"local SMTP sink on {settings.smtp_server}:{settings.smtp_port}; mail kept in {mail_dir}/new"
         )
     for role in [*PROFILES, *([] if no_beat else ["beat"])]:
         runner.add_process(role, " ".join(build_argv(role)), env=env)
     runner.loop()
     sys.exit(runner.returncode or 0)
+
+
+if __name__ == "__main__":
+    main()

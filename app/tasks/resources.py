@@ -23,7 +23,7 @@ def mail_service() -> MailService:
     """The mail service, wired to the configured SMTP server."""
     settings = get_settings()
     config = SmtpConfig(
-        host=settings.smtp_host,
+        host=settings.smtp_server,
         port=settings.smtp_port,
         username=settings.smtp_username,
         password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,

@@ -19,6 +19,7 @@ from aiosmtpd.controller import Controller
 from kombu import Connection
 from sqlalchemy import text
 
+from app.celery_app import celery_app
 from app.db import engine_for
 from app.migrate import upgrade
 from app.settings import get_settings
@@ -67,6 +68,7 @@ def broker() -> Iterator[Connection]:
     declare_topology(connection)
     yield connection
     connection.release()
+    celery_app.close()  # the producer pool's connections
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,151 @@
+"""The magnetiq command line: set-up commands, clear errors, and the whole fleet under `run`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu import Connection
+from sqlalchemy import create_engine, make_url, text
+
+from app.tasks.email_tasks import send_welcome_email
+from routing import names
+from tests.integration.conftest import ROOT, free_port, queue_depth, wait_until, worker_env
+
+
+def magnetiq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args],
+        cwd=ROOT,
+        env=worker_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_topology_check_reports_every_queue(broker: Connection) -> None:
+    done = magnetiq("topology", "check")
+    assert done.returncode == 0, done.stderr
+    for queue in (*names.WORK_QUEUES, *map(names.dlq, names.WORK_QUEUES)):
+        assert f"ok      {queue} " in done.stdout
+
+
+def test_unreachable_broker_is_one_clear_line() -> None:
+    done = magnetiq("topology", "apply", CELERY_BROKER_URL=f"amqp://u:s3cret@127.0.0.1:{free_port()}//")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "RabbitMQ is not reachable" in lines[0]
+    assert "rabbitmq-server -detached" in lines[0]
+    assert "s3cret" not in done.stderr
+
+
+def test_unreachable_database_is_one_clear_line() -> None:
+    done = magnetiq("db", "upgrade", DATABASE_URL=f"postgresql://postgres:pw@127.0.0.1:{free_port()}/x")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "PostgreSQL at postgresql+psycopg2://postgres:***@127.0.0.1" in lines[0]
+    assert "pg_ctlcluster" in lines[0]
+
+
+def test_db_upgrade_creates_a_missing_database(database: Any) -> None:
+    url = make_url(str(database.url)).set(database=f"magnetiq_new_{uuid.uuid4().hex[:8]}")
+    plain = url.render_as_string(hide_password=False)
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        done = magnetiq("db", "upgrade", DATABASE_URL=plain)
+        assert done.returncode == 0, done.stderr
+        check = create_engine(url)
+        with check.connect() as db:
+            tables = set(
+                db.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars()
+            )
+            indexes = set(
+                db.execute(
+                    text("SELECT indexname FROM pg_indexes WHERE tablename = 'task_results'")
+                ).scalars()
+            )
+        check.dispose()
+        assert {"task_results", "group_results", "sessions", "payments", "alembic_version"} <= tables
+        assert "ix_task_results_date_done" in indexes
+        assert magnetiq("db", "upgrade", DATABASE_URL=plain).returncode == 0  # idempotent
+    finally:
+        with admin.connect() as db:
+            db.exec_driver_sql(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+        admin.dispose()
+
+
+def _descendants(pid: int) -> set[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_run_brings_up_the_fleet_and_stops_it_cleanly(
+    broker: Connection, database: Any, tmp_path: Path
+) -> None:
+    # given `magnetiq run` with no SMTP_HOST: it starts its own sink
+    env = worker_env(SMTP_PORT=str(free_port()), BEAT_SCHEDULE_FILE=str(tmp_path / "beat-schedule"))
+    env.pop("SMTP_HOST", None)
+    mail_dir = tmp_path / "mail"
+    log = (tmp_path / "run.log").open("wb")
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "run", "--mail-dir", str(mail_dir)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        # then consumers appear on all three queues
+        for queue in names.WORK_QUEUES:
+            wait_until(lambda q=queue: queue_depth(broker, q)[1] >= 1, 90, f"a consumer on {queue}", 0.25)
+        # and a welcome email lands in the mail directory as a readable file
+        assert send_welcome_email.delay("grace@example.com", "Grace").get(timeout=30)
+        mail = wait_until(lambda: list((mail_dir / "new").glob("*")), 15, "a mail file")
+        content = mail[0].read_text()
+        assert "To: grace@example.com" in content
+        assert "Hello Grace," in content
+        children = _descendants(runner.pid)
+        assert len(children) >= 5  # sink, three workers, beat (and prefork children)
+    finally:
+        # when it gets Ctrl-C
+        runner.send_signal(signal.SIGINT)
+        code = runner.wait(60)
+        log.close()
+    # then everything it started is gone
+    leftover = [pid for pid in children if _alive(pid)]
+    assert leftover == [], (tmp_path / "run.log").read_text()[-3000:]
+    assert code in (0, 130), (tmp_path / "run.log").read_text()[-3000:]
+    for queue in names.WORK_QUEUES:
+        wait_until(lambda q=queue: queue_depth(broker, q)[1] == 0, 15, f"no consumer left on {queue}")
