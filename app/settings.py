@@ -42,7 +42,9 @@ def sqlalchemy_url(url: str) -> str:
 class Settings(BaseSettings):
     """Typed, frozen view of the environment (12-factor; loopback defaults)."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True)
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", env_ignore_empty=True, hide_input_in_errors=True
+    )
 
     #: ``dev`` allows placeholder secrets; ``prod`` refuses them.
     magnetiq_env: Literal["dev", "test", "prod"] = "dev"

@@ -16,7 +16,6 @@ def build_argv(role: str, extra: Sequence[str] = (), loglevel: str = "INFO") -> 
     base = [sys.executable, "-m", "celery"]
     if role == "beat":
         schedule = get_settings().beat_schedule_file
-        os.makedirs(os.path.dirname(schedule) or ".", exist_ok=True)
         return [*base, "-A", "workers.entry", "beat", "--loglevel", loglevel, "--schedule", schedule, *extra]
     return [*base, *PROFILES[role].argv(loglevel=loglevel), *extra]
 
@@ -36,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.print:
         print(" ".join(command))  # noqa: T201 - the requested output
         return
+    if args.role == "beat":
+        os.makedirs(os.path.dirname(get_settings().beat_schedule_file) or ".", exist_ok=True)
     os.execv(command[0], command)
 
 

@@ -109,7 +109,14 @@ class AsyncioBridge:
         state: dict[str, Any] = {}
 
         def start() -> None:
-            task: asyncio.Task[T] = loop.create_task(make_coroutine())  # type: ignore[arg-type]
+            if state.get("abandoned"):  # the caller gave up before the loop got here
+                return
+            try:
+                task: asyncio.Task[T] = loop.create_task(make_coroutine())  # type: ignore[arg-type]
+            except BaseException as error:  # handed back to the caller
+                state["error"] = error
+                notify()
+                return
             state["task"] = task
             task.add_done_callback(lambda _: notify())
 
@@ -118,11 +125,14 @@ class AsyncioBridge:
             finished = wait(timeout)
         finally:
             close()
+        if "error" in state:
+            raise state["error"]
         task = state.get("task")
         if not finished or task is None or not task.done():
+            state["abandoned"] = True
             if task is not None:
                 loop.call_soon_threadsafe(task.cancel)
-            raise TimeoutError(f"asyncio call did not finish within {timeout:.0f}s")
+            raise TimeoutError(f"asyncio call did not finish within {timeout:g}s")
         return task.result()  # type: ignore[no-any-return]
 
 

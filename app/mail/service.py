@@ -20,7 +20,7 @@ def message_id(key: str, domain: str = "magnetiq.mail") -> str:
 
 
 def _header(value: str, what: str) -> str:
-    if any(ch in value for ch in "\r\n\x00"):
+    if "\x00" in value or len(value.splitlines()) > 1 or value.endswith(("\r", "\n")):
         raise InvalidEmail(f"{what} contains a line break or NUL")
     return value
 
@@ -32,7 +32,8 @@ def build_message(mail_from: str, to: str, subject: str, text: str, html: str, k
         InvalidEmail: a header value has CR/LF/NUL or the recipient is not one address.
     """
     _, address = parseaddr(_header(to, "recipient"))
-    if not address or "@" not in address or address != to:
+    local, _, domain = address.rpartition("@")
+    if not local or not domain or address != to:
         raise InvalidEmail("recipient is not a single email address")
     message = EmailMessage()
     message["From"] = _header(mail_from, "sender")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 from dataclasses import dataclass
@@ -69,9 +70,24 @@ class AioSmtpSender:
                 ),
                 timeout=config.timeout * 3,
             )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            raise classify(min(r.code for r in exc.recipients), exc.recipients[0].message) from exc
         except aiosmtplib.SMTPResponseException as exc:
-            if 400 <= exc.code < 500:
-                raise SmtpTransientError(f"SMTP {exc.code}: {exc.message}") from exc
-            raise SmtpPermanentError(f"SMTP {exc.code}: {exc.message}") from exc
+            raise classify(exc.code, exc.message) from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise SmtpTransientError(f"SMTP unavailable: {type(exc).__name__}: {exc}") from exc
+            raise SmtpTransientError(f"SMTP unavailable: {type(exc).__name__}: {scrub(str(exc))}") from exc
+
+
+#: Anything shaped like an email address, removed from error texts (logs, results).
+_ADDRESS = re.compile(r"[^\s<>()'\"]+@[^\s<>()'\"]+")
+
+
+def scrub(text: str) -> str:
+    """Replace email addresses in a server or library message with ``<address>``."""
+    return _ADDRESS.sub("<address>", text)
+
+
+def classify(code: int, message: str) -> SmtpTransientError | SmtpPermanentError:
+    """Map an SMTP reply to the retry decision: 4xx may pass, anything else will not."""
+    text = f"SMTP {code}: {scrub(message)}"
+    return SmtpTransientError(text) if 400 <= code < 500 else SmtpPermanentError(text)

@@ -1,0 +1,77 @@
+"""Contract: the reliability baseline of celery_config(settings)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.celery_app import celery_config
+from app.settings import Settings
+from routing.topology import TASK_QUEUES
+
+
+@pytest.fixture
+def config(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The Celery options built from default settings."""
+    for field in Settings.model_fields:
+        monkeypatch.delenv(field.upper(), raising=False)
+    return celery_config(Settings())
+
+
+def test_only_json_is_accepted_and_sent(config: dict[str, Any]) -> None:
+    # given the Celery options
+    # when the serialisation options are read
+    # then JSON is the only format in and out
+    assert config["accept_content"] == ["json"]
+    assert config["task_serializer"] == "json"
+    assert config["result_serializer"] == "json"
+    assert config["result_accept_content"] == ["json"]
+
+
+def test_messages_survive_crashes_and_failures(config: dict[str, Any]) -> None:
+    # given the Celery options
+    # when the acknowledgement options are read
+    # then a message is acked only after its task ran and a failure dead-letters it
+    assert config["task_acks_late"] is True
+    assert config["task_reject_on_worker_lost"] is True
+    assert config["task_acks_on_failure"] is False
+
+
+def test_publishing_is_confirmed_and_queues_are_never_invented(config: dict[str, Any]) -> None:
+    # given the Celery options
+    # when the publishing options are read
+    # then the broker confirms each publish and unknown queues are an error
+    assert config["broker_transport_options"]["confirm_publish"] is True
+    assert config["task_create_missing_queues"] is False
+
+
+def test_time_limits_are_ordered(config: dict[str, Any]) -> None:
+    # given the Celery options
+    # when the time limits are read
+    # then the soft limit fires before the hard one
+    assert 0 < config["task_soft_time_limit"] < config["task_time_limit"]
+
+
+def test_default_queue_is_declared(config: dict[str, Any]) -> None:
+    # given the Celery options
+    # when the default queue is read
+    # then it is one of the declared task queues, which are Celery's queues
+    assert config["task_default_queue"] in {queue.name for queue in TASK_QUEUES}
+    assert tuple(config["task_queues"]) == TASK_QUEUES
+
+
+def test_events_are_on(config: dict[str, Any]) -> None:
+    # given the Celery options
+    # when the event options are read
+    # then workers send task events and producers send sent events
+    assert config["worker_send_task_events"] is True
+    assert config["task_send_sent_event"] is True
+
+
+def test_results_never_store_arguments(config: dict[str, Any]) -> None:
+    # given the Celery options
+    # when the result options are read
+    # then extended results (which would keep arguments, i.e. personal data) are off
+    assert config["result_extended"] is False
+    assert config["result_backend"].startswith("app.result_backend:PostgresBackend+postgresql+psycopg2://")

@@ -1,0 +1,93 @@
+"""Contract: the import graph of STYLE section 2 (light producer, pure routing and domain)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: Modules a producer (the FastAPI service) must never load by importing app.producer.
+PRODUCER_FORBIDDEN = ("app.tasks", "app.mail", "app.booking", "app.maintenance.service", "workers")
+#: What routing may import besides the standard library.
+ROUTING_ALLOWED = {"kombu", "routing"}
+#: What domain packages must never import (Celery, broker wiring, worker code).
+DOMAIN_FORBIDDEN = ("celery", "routing", "workers", "app.tasks", "app.celery_app", "app.producer")
+DOMAIN_PACKAGES = ("app/mail", "app/booking", "app/maintenance")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Return the absolute dotted names every import statement in ``path`` refers to."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def within(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == prefix or module.startswith(f"{prefix}.") for prefix in prefixes)
+
+
+def source_files(*folders: str) -> list[Path]:
+    return sorted(path for folder in folders for path in (REPO_ROOT / folder).glob("*.py"))
+
+
+def test_importing_the_producer_loads_no_task_domain_or_worker_code() -> None:
+    # given a fresh interpreter
+    script = "import json, sys\nimport app.producer\nprint(json.dumps(sorted(sys.modules)))"
+
+    # when it imports app.producer and lists its modules
+    completed = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+
+    # then none of the task, domain or worker modules were loaded
+    assert completed.returncode == 0, completed.stderr
+    loaded = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert "app.producer" in loaded
+    assert [module for module in loaded if within(module, PRODUCER_FORBIDDEN)] == []
+
+
+@pytest.mark.parametrize("path", source_files("routing"), ids=lambda p: p.name)
+def test_routing_imports_only_kombu_and_the_standard_library(path: Path) -> None:
+    # given a routing module
+    # when its imports are read
+    roots = {module.split(".")[0] for module in imported_modules(path)}
+
+    # then each is kombu, routing itself or the standard library
+    assert roots - ROUTING_ALLOWED - set(sys.stdlib_module_names) == set()
+
+
+@pytest.mark.parametrize("path", source_files(*DOMAIN_PACKAGES), ids=lambda p: "/".join(p.parts[-2:]))
+def test_domain_modules_import_no_celery_routing_or_workers(path: Path) -> None:
+    # given a domain module
+    # when its imports are read
+    modules = imported_modules(path)
+
+    # then none of them is Celery, routing, worker or task code
+    assert sorted(module for module in modules if within(module, DOMAIN_FORBIDDEN)) == []
+
+
+def test_the_checks_see_every_module() -> None:
+    # given the folders the import rules cover
+    # when their modules are listed
+    # then none is empty (a moved folder must not silently pass)
+    assert source_files("routing")
+    for folder in DOMAIN_PACKAGES:
+        assert source_files(folder), folder
