@@ -3,6 +3,9 @@
 Every helper validates its arguments with the same models the workers use, so
 a bad call fails in the request that made it, then publishes by task name with
 publisher confirms (the broker has the message when the call returns).
+``enqueue_many`` (from ``app.publisher``) does the same for many calls of one
+task at once: one channel, streamed confirms, an error naming every task the
+broker did not confirm.
 """
 
 from __future__ import annotations
@@ -13,6 +16,16 @@ from celery.result import AsyncResult
 
 from app import contracts
 from app.celery_app import celery_app
+from app.publisher import PublishError, enqueue_many
+
+__all__ = [
+    "PublishError",
+    "enqueue",
+    "enqueue_cleanup_old_sessions",
+    "enqueue_many",
+    "enqueue_process_payment",
+    "enqueue_welcome_email",
+]
 
 
 def enqueue(task_name: str, model: type[contracts.Arguments], **arguments: Any) -> AsyncResult[Any]:
