@@ -8,7 +8,7 @@ TEST_VHOST ?= magnetiq_test
 PROFILE ?= email
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration lint fmt typecheck check services \
+.PHONY: bench help install run test test-unit test-integration lint fmt typecheck check services \
         worker worker-email worker-booking worker-maintenance beat migrate topology clean
 
 help: ## List the targets
@@ -72,6 +72,14 @@ worker-maintenance: $(STAMP) ## Run the maintenance worker (prefork, one process
 
 beat: $(STAMP) ## Run the beat scheduler
 	$(BIN)/python -m workers beat
+
+BENCH_VHOST ?= magnetiq_bench
+REPS ?= 1
+bench: $(STAMP) ## Fleet vs plain Celery, side by side (table of ratios); REPS=3 for medians of three
+	@command -v rabbitmqctl >/dev/null && { \
+	  rabbitmqctl -q list_vhosts 2>/dev/null | grep -qx '$(BENCH_VHOST)' || rabbitmqctl -q add_vhost '$(BENCH_VHOST)'; \
+	  rabbitmqctl -q set_permissions -p '$(BENCH_VHOST)' guest '.*' '.*' '.*'; } || true
+	$(BIN)/python -m tests.bench --reps $(REPS)
 
 clean: ## Remove the virtualenv and local state
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -9,23 +9,35 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 
 _lock = threading.Lock()
-_engines: dict[tuple[int, str], Engine] = {}
+_engines: dict[tuple[int, str, bool, bool], Engine] = {}
 #: Engines inherited from a parent process. Kept referenced and never touched:
 #: closing or collecting them would end the parent's server sessions on the
 #: sockets both processes share.
 _inherited: list[Engine] = []
 
 
-def engine_for(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engine:
+def engine_for(
+    url: str,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    autocommit: bool = False,
+    synchronous_commit: bool = True,
+) -> Engine:
     """Return this process's engine for ``url``, creating it on first use.
 
     Args:
         url: a ``postgresql+psycopg2://`` URL.
         pool_size: connections kept open (raise it for the gevent pool).
         max_overflow: extra connections allowed under a burst.
+        autocommit: one round trip per statement, no BEGIN/COMMIT and no
+            liveness ping on checkout (a dead connection surfaces as an error
+            the caller retries); for single-statement writers such as results.
+        synchronous_commit: False lets a commit return before its WAL reaches
+            disk (a server crash may lose the last fraction of a second).
     """
     pid = os.getpid()
-    key = (pid, url)
+    key = (pid, url, autocommit, synchronous_commit)
     engine = _engines.get(key)
     if engine is not None:
         return engine
@@ -34,11 +46,14 @@ def engine_for(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engin
             _inherited.append(_engines.pop(stale))
         engine = _engines.get(key)
         if engine is None:
-            engine = _engines[key] = _create(url, pool_size, max_overflow)
+            engine = _engines[key] = _create(url, pool_size, max_overflow, autocommit, synchronous_commit)
         return engine
 
 
-def _create(url: str, pool_size: int, max_overflow: int) -> Engine:
+def _create(
+    url: str, pool_size: int, max_overflow: int, autocommit: bool, synchronous_commit: bool
+) -> Engine:
+    options = "" if synchronous_commit else "-c synchronous_commit=off"
     engine = create_engine(
         url,
         pool_size=pool_size,
@@ -46,8 +61,13 @@ def _create(url: str, pool_size: int, max_overflow: int) -> Engine:
         pool_timeout=30,
         # Recycle before common pooler and firewall idle cut-offs.
         pool_recycle=1800,
-        pool_pre_ping=True,
-        connect_args={"connect_timeout": 5, "application_name": f"magnetiq-{os.getpid()}"},
+        pool_pre_ping=not autocommit,
+        **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
+        connect_args={
+            "connect_timeout": 5,
+            "application_name": f"magnetiq-{os.getpid()}",
+            "options": options,
+        },
     )
     event.listen(engine, "connect", _on_connect)
     return engine

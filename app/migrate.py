@@ -10,7 +10,7 @@ from alembic.config import Config
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
-from app.settings import mask_url
+from app.settings import mask_url, sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ def ensure_database(url: str) -> bool:
 
 def upgrade(url: str) -> None:
     """Create the database if needed and migrate it to the newest revision."""
+    url = sqlalchemy_url(url)
     try:
         ensure_database(url)
     except OperationalError as exc:

@@ -68,7 +68,7 @@ BOOKING = WorkerProfile(
     pool="prefork",
     concurrency=0,
     prefetch_multiplier=1,
-    max_tasks_per_child=500,
+    max_tasks_per_child=5000,
     max_memory_per_child=512_000,
 )
 MAINTENANCE = WorkerProfile(

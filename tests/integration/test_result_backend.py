@@ -140,3 +140,15 @@ def test_stores_reuse_pooled_connections(backend: result_backend.PostgresBackend
         backend.store_result(str(uuid.uuid4()), i, states.SUCCESS)
     # the stock DatabaseBackend opens one session per result here; the pool opens none
     assert sessions() - before <= 2
+
+
+def test_asynchronous_commit_is_a_per_session_choice(database: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(celery_app.conf, "result_backend_transport_options", {"synchronous_commit": False})
+    fast = result_backend.PostgresBackend(app=celery_app, url=str(database.url.render_as_string(False)))
+    task_id = str(uuid.uuid4())
+    fast.store_result(task_id, "quick", states.SUCCESS)
+    assert fast.get_task_meta(task_id)["result"] == "quick"
+    assert fast._execute("SHOW synchronous_commit", (), fetch=True) == ("off",)
+    # the domain engine keeps durable commits
+    with database.connect() as db:
+        assert db.execute(text("SHOW synchronous_commit")).scalar() == "on"

@@ -1,0 +1,284 @@
+"""``python -m tests.bench``: every performance figure and its baseline, measured in one run.
+
+Each figure is a ratio of the fleet to a baseline measured by the same harness,
+on the same queue, in the same run; the table shows both absolute values beside
+the ratio and the target. Every measurement runs once per repetition, in the
+same order, and the table reports medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.migrate import upgrade
+from tests.bench.harness import Bench, Drain, measure_drain
+from tests.bench.latency import measure_latency
+from tests.bench.publish import measure_publish
+from workers.profiles import BOOKING, EMAIL
+
+FLEET = "tests.bench.fleet_app"
+PLAIN = "tests.bench.plain_app"
+CORES = os.cpu_count() or 1
+
+#: Task counts per measurement: the stock backend stores ~100 results/s (~17/s on gevent).
+SIZES = {
+    "full": {
+        "fleet": 5000,
+        "plain": 1000,
+        "gevent": 3000,
+        "gevent_plain": 300,
+        "publish": 20000,
+        "latency": 1000,
+    },
+    "quick": {"fleet": 40, "plain": 20, "gevent": 40, "gevent_plain": 10, "publish": 200, "latency": 20},
+}
+
+
+def plain_argv(pool: str, concurrency: int, prefetch: int, queue: str) -> list[str]:
+    """Plain Celery worker arguments: the same pool, concurrency, prefetch and queue."""
+    return [
+        "-A",
+        PLAIN,
+        "worker",
+        "-n",
+        f"plain-{queue}@%h",
+        "-Q",
+        queue,
+        "-P",
+        pool,
+        "-c",
+        str(concurrency),
+        "--prefetch-multiplier",
+        str(prefetch),
+        "-l",
+        "WARNING",
+        "--without-gossip",
+    ]
+
+
+def fleet_argv(profile: str) -> list[str]:
+    """The fleet profile's own worker arguments, on the bench app."""
+    return {"booking": BOOKING, "email": EMAIL}[profile].argv(app=FLEET, loglevel="WARNING")
+
+
+def free_port() -> str:
+    """A free loopback TCP port for a worker's metrics endpoint."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+Measure = Callable[[Bench], "float | Drain"]
+
+
+def measurements(size: dict[str, int]) -> dict[str, Measure]:
+    """Every distinct measurement, by name (each runs once per repetition)."""
+    fleet_booking = fleet_argv("booking")
+    plain_booking = plain_argv("prefork", CORES, 1, "booking")
+    return {
+        "fleet booking, results, metrics on": lambda b: measure_drain(
+            b, fleet_booking, "booking", size["fleet"], table="task_results", METRICS_PORT=free_port()
+        ),
+        "fleet booking, results, metrics off": lambda b: measure_drain(
+            b, fleet_booking, "booking", size["fleet"], table="task_results", METRICS_PORT="0"
+        ),
+        "fleet booking, results ignored": lambda b: measure_drain(
+            b,
+            fleet_booking,
+            "booking",
+            size["fleet"],
+            table="task_results",
+            ignore_result=True,
+            METRICS_PORT=free_port(),
+        ),
+        "plain booking, stock db backend": lambda b: measure_drain(
+            b, plain_booking, "booking", size["plain"], table="plain_celery_taskmeta"
+        ),
+        "fleet gevent, results": lambda b: measure_drain(
+            b, fleet_argv("email"), "email", size["gevent"], table="task_results", METRICS_PORT=free_port()
+        ),
+        "plain gevent, stock db backend": lambda b: measure_drain(
+            b,
+            plain_argv("gevent", 100, 4, "email"),
+            "email",
+            size["gevent_plain"],
+            table="plain_celery_taskmeta",
+        ),
+        "fleet bulk publish": lambda b: measure_publish(b, size["publish"], "bulk"),
+        "apply_async + confirm_publish": lambda b: measure_publish(b, size["publish"], "apply_async"),
+        "raw py-amqp streamed confirms": lambda b: measure_publish(b, size["publish"], "raw"),
+        "fleet latency p99": lambda b: measure_latency(b, FLEET, fleet_booking, size["latency"], 200)["p99"],
+        "plain latency p99": lambda b: measure_latency(b, PLAIN, plain_booking, size["latency"], 200)["p99"],
+    }
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One row of the table: the fleet against a baseline, with the target ratio."""
+
+    name: str
+    fleet: str
+    baseline: str
+    target: float
+    unit: str = "tasks/s"
+    #: Latency: lower is better, the ratio must stay at or below the target.
+    at_most: bool = False
+
+
+FIGURES = (
+    Figure(
+        "booking drain, results stored, prefork",
+        "fleet booking, results, metrics on",
+        "plain booking, stock db backend",
+        3.0,
+    ),
+    Figure(
+        "booking drain, results stored",
+        "fleet booking, results, metrics on",
+        "fleet booking, results ignored",
+        0.75,
+    ),
+    Figure(
+        "no-op drain on gevent, results stored",
+        "fleet gevent, results",
+        "plain gevent, stock db backend",
+        20.0,
+    ),
+    Figure("bulk publish with confirms", "fleet bulk publish", "apply_async + confirm_publish", 5.0),
+    Figure("bulk publish with confirms", "fleet bulk publish", "raw py-amqp streamed confirms", 0.5),
+    Figure(
+        "idle latency publish -> task start, p99",
+        "fleet latency p99",
+        "plain latency p99",
+        1.0,
+        unit="ms",
+        at_most=True,
+    ),
+    Figure(
+        "throughput with metrics on",
+        "fleet booking, results, metrics on",
+        "fleet booking, results, metrics off",
+        0.97,
+    ),
+)
+
+
+def run(bench: Bench, todo: dict[str, Measure], reps: int) -> dict[str, list[dict[str, float]]]:
+    """Run every measurement ``reps`` times, printing progress; return samples by name."""
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in todo}
+    for rep in range(1, reps + 1):
+        for name, measure in todo.items():
+            started = time.monotonic()
+            value = measure(bench)
+            if isinstance(value, Drain):
+                sample = {
+                    "value": value.rate,
+                    "n": value.n,
+                    "rows": value.rows,
+                    "peak_mib": value.peak_rss_kib / 1024,
+                }
+                detail = (
+                    f"{value.n} tasks in {value.seconds:.2f}s, {value.rows} result rows, "
+                    f"peak {sample['peak_mib']:.0f} MiB/process"
+                )
+            else:
+                sample = {"value": float(value)}
+                detail = ""
+            samples[name].append(sample)
+            bench.log(
+                f"[{rep}/{reps}] {name:<38} {sample['value']:>10,.2f}  {detail} "
+                f"({time.monotonic() - started:.0f}s)"
+            )
+    return samples
+
+
+def median(samples: list[dict[str, float]], key: str = "value") -> float | None:
+    """Median of one field over the repetitions, or None when absent."""
+    values = [s[key] for s in samples if key in s]
+    return statistics.median(values) if values else None
+
+
+def table(samples: dict[str, list[dict[str, float]]]) -> tuple[list[str], bool]:
+    """Render the markdown table; return its lines and whether every target was met."""
+    lines = [
+        "| figure | fleet | baseline | baseline value | ratio | target | met |",
+        "| --- | ---: | --- | ---: | ---: | ---: | :-: |",
+    ]
+    all_met = True
+    for fig in FIGURES:
+        if fig.fleet not in samples or fig.baseline not in samples:
+            continue
+        fleet, base = median(samples[fig.fleet]), median(samples[fig.baseline])
+        assert fleet is not None and base is not None
+        ratio = fleet / base if base else float("inf")
+        met = ratio <= fig.target if fig.at_most else ratio >= fig.target
+        all_met &= met
+        sign = "<=" if fig.at_most else ">="
+        lines.append(
+            f"| {fig.name} | {fleet:,.1f} {fig.unit} | {fig.baseline} | {base:,.1f} {fig.unit} | "
+            f"{ratio:.2f}x | {sign} {fig.target:g}x | {'yes' if met else 'NO'} |"
+        )
+    lines += ["", "| drain measurement | tasks/s | peak RSS per worker process |", "| --- | ---: | ---: |"]
+    for name, runs in samples.items():
+        peak = median(runs, "peak_mib")
+        if peak is not None:
+            lines.append(f"| {name} | {median(runs):,.0f} | {peak:,.0f} MiB |")
+    return lines, all_met
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse options, set up the bench vhost's topology and database, run, print the table."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--reps", type=int, default=1, help="repetitions; the table shows medians (default 1)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny task counts: checks the harness, not speed"
+    )
+    parser.add_argument("--only", default="", help="comma-separated substrings of measurement names to run")
+    parser.add_argument(
+        "--broker-url",
+        default=os.environ.get("BENCH_CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/magnetiq_bench"),
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/magnetiq_bench"),
+    )
+    parser.add_argument("--json", type=Path, help="also write the raw samples and table here")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+
+    todo = measurements(SIZES["quick" if args.quick else "full"])
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        todo = {k: v for k, v in todo.items() if any(w in k for w in wanted)}
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    upgrade(args.database_url)
+    with tempfile.TemporaryDirectory(prefix="magnetiq-bench-") as tmp:
+        bench = Bench(args.broker_url, args.database_url, Path(tmp), log=log)
+        log(f"bench: {len(todo)} measurements x {args.reps} repetition(s) on {CORES} cores")
+        samples = run(bench, todo, args.reps)
+        bench.reset()
+    lines, all_met = table(samples)
+    print("\n".join(lines))
+    if args.json:
+        args.json.write_text(json.dumps({"samples": samples, "table": lines}, indent=2))
+    return 1 if args.strict and not all_met else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

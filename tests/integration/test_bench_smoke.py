@@ -1,0 +1,50 @@
+"""The benchmark harness on a tiny N, so `make bench` cannot rot (no timing is asserted)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from kombu import Connection
+
+from tests.bench.__main__ import FIGURES
+from tests.conftest import TEST_BROKER_URL, TEST_DATABASE_URL
+from tests.integration.conftest import ROOT, worker_env
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_bench_runs_every_figure_and_prints_the_table(broker: Connection, database: Any) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.bench",
+            "--quick",
+            "--reps",
+            "1",
+            "--broker-url",
+            TEST_BROKER_URL,
+            "--database-url",
+            TEST_DATABASE_URL,
+        ],
+        cwd=ROOT,
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=590,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    for figure in FIGURES:
+        assert any(row.startswith(f"| {figure.name} |") and figure.baseline in row for row in rows), figure
+    # every drain stored one result row per task and the sentinel; the ignored run only the sentinel
+    drains = re.findall(r"\] (.+?) +[\d,.]+ +(\d+) tasks in [\d.]+s, (\d+) result rows", done.stderr)
+    assert len(drains) == 6, done.stderr
+    for name, tasks, rows in drains:
+        expected = 1 if "ignored" in name else int(tasks) + 1
+        assert int(rows) == expected, name
