@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from celery.schedules import crontab
 
 from app.maintenance.schedule import SCHEDULE
@@ -49,6 +50,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_timeout": 5,  # default 4; bounded either way
         "broker_heartbeat": 30,  # default 120: notice a dead broker sooner
         "result_backend": f"app.result_backend:PostgresBackend+{settings.result_backend_url}",
+        "result_backend_transport_options": {"synchronous_commit": settings.result_synchronous_commit},
         "result_backend_always_retry": True,  # ride out a database restart
         "result_backend_max_retries": 10,
         "result_expires": settings.result_expires,
@@ -98,6 +100,18 @@ def create_celery(settings: Settings) -> Celery:
     app = Celery("magnetiq", include=list(TASK_MODULES), set_as_current=True)
     app.conf.update(celery_config(settings))
     return app
+
+
+@signals.before_task_publish.connect(weak=False, dispatch_uid="magnetiq-sent-at")
+def stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Stamp a task message with the epoch seconds it was published at (header ``sent_at``).
+
+    Workers turn it into the queue-wait histogram. A stamp already there (a
+    retry carries its first one forward) is kept; workers measure a delayed
+    task from its ETA instead.
+    """
+    if headers is not None and "sent_at" not in headers:
+        headers["sent_at"] = time.time()
 
 
 celery_app = create_celery(get_settings())

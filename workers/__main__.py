@@ -4,11 +4,56 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import MutableMapping, Sequence
+from pathlib import Path
 
 from app.settings import get_settings
 from workers.profiles import PROFILES
+
+#: prometheus_client's multiprocess directory variable (read when it is imported).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (a zombie counts until it is reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prepare_metrics_dir(role: str, environ: MutableMapping[str, str] = os.environ) -> Path | None:
+    """Give a prefork profile an empty multiprocess metrics directory of its own.
+
+    The directory is ``<METRICS_DIR>/<profile>-<pid>``: the pid survives the exec,
+    so it is this worker's, and workers on one machine never share one. Leftovers
+    of workers that are gone are removed. Other roles run one process (or gevent)
+    and get a plain registry, so the variable is cleared for them.
+
+    Returns:
+        The directory, or None when the role needs none or metrics are off.
+    """
+    environ.pop(MULTIPROC_ENV, None)
+    settings = get_settings()
+    profile = PROFILES.get(role)
+    if profile is None or profile.pool != "prefork" or not settings.metrics_port:
+        return None
+    base = Path(settings.metrics_dir or Path(tempfile.gettempdir()) / "magnetiq-metrics")
+    for old in base.glob(f"{role}-*"):
+        pid = old.name.removeprefix(f"{role}-")
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = base / f"{role}-{os.getpid()}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    environ[MULTIPROC_ENV] = str(path)
+    return path
 
 
 def build_argv(role: str, extra: Sequence[str] = (), loglevel: str = "INFO") -> list[str]:
@@ -37,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.role == "beat":
         os.makedirs(os.path.dirname(get_settings().beat_schedule_file) or ".", exist_ok=True)
+    prepare_metrics_dir(args.role)
     os.execv(command[0], command)
 
 

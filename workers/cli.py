@@ -14,7 +14,6 @@ from app.migrate import upgrade
 from app.settings import Settings, get_settings, mask_url
 from routing import declare_topology
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
-from workers.__main__ import build_argv
 from workers.profiles import PROFILES
 
 #: What to run when a service is down, shown with the error.
@@ -135,8 +134,12 @@ def run(no_beat: bool, mail_dir: Path) -> None:
         click.echo(
             f"local SMTP sink on {settings.smtp_server}:{settings.smtp_port}; mail kept in {mail_dir}/new"
         )
-    for role in [*PROFILES, *([] if no_beat else ["beat"])]:
-        runner.add_process(role, " ".join(build_argv(role)), env=env)
+    for offset, role in enumerate([*PROFILES, *([] if no_beat else ["beat"])]):
+        # One machine, several /metrics endpoints: METRICS_PORT, +1, +2, ... (0 stays off).
+        port = settings.metrics_port and settings.metrics_port + offset
+        # `python -m workers` (not bare celery) gives prefork profiles their metrics directory.
+        command = f"{sys.executable} -m workers {role}"
+        runner.add_process(role, command, env={**env, "METRICS_PORT": str(port)})
     runner.loop()
     sys.exit(runner.returncode or 0)
 

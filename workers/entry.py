@@ -7,9 +7,12 @@
 from __future__ import annotations
 
 from app.celery_app import celery_app
+from app.settings import get_settings
+from workers import metrics
 from workers.signals import DeclareTopology, green_psycopg
 
 green_psycopg()
 celery_app.steps["consumer"].add(DeclareTopology)
+metrics.install(get_settings())
 
 __all__ = ["celery_app"]

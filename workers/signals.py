@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import os
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from celery import bootsteps, signals
+from prometheus_client import start_http_server
+from prometheus_client.multiprocess import mark_process_dead
 
 from app.db import dispose_all
-from app.settings import get_settings
+from app.settings import Settings, get_settings
 from routing import declare_topology
+from workers import metrics
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +48,64 @@ class DeclareTopology(bootsteps.StartStopStep):
         log.info("topology declared: %s", ", ".join(declared))
 
 
+_server: WSGIServer | None = None
+
+
+def serve_metrics(settings: Settings, *, worker: bool) -> WSGIServer | None:
+    """Start this process's ``/metrics`` server on a daemon thread, once; a busy port is only logged.
+
+    Args:
+        settings: where to listen (``METRICS_HOST``, ``METRICS_PORT``).
+        worker: a worker's main process (adds worker state and queue depths), not beat.
+
+    Returns:
+        The running server, or None when the port could not be bound.
+    """
+    global _server
+    if _server is None:
+        where = f"{settings.metrics_host}:{settings.metrics_port}"
+        try:
+            registry = metrics.exposition_registry(settings, worker=worker)
+            _server, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry)
+        except OSError as exc:
+            log.error("metrics endpoint not started on %s: %s", where, exc)
+            return None
+        log.info("metrics endpoint on http://%s/metrics", where)
+    return _server
+
+
+def stop_metrics() -> None:
+    """Stop this process's ``/metrics`` server, if it runs one."""
+    global _server
+    server, _server = _server, None
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
 @signals.worker_init.connect
-def _on_worker_init(**_: Any) -> None:
-    log.info("fleet worker starting: %s", get_settings().describe())
+def _on_worker_init(sender: Any, **_: Any) -> None:
+    settings = get_settings()
+    log.info("fleet worker starting: %s", settings.describe())
+    if settings.metrics_port:
+        # Still the only process: prefork children inherit the label, and the
+        # main process alone serves /metrics (with the scrape-time queue depths).
+        metrics.bind_worker(str(sender.hostname).split("@", 1)[0])  # the profile, never the host
+        if "prefork" in str(sender.pool_cls) and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            log.warning("prefork without PROMETHEUS_MULTIPROC_DIR: children's metrics are lost")
+        serve_metrics(settings, worker=True)
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(**_: Any) -> None:
+    metrics.set_worker_up(True)
+
+
+@signals.beat_init.connect
+def _on_beat_init(**_: Any) -> None:
+    settings = get_settings()
+    if settings.metrics_port:
+        serve_metrics(settings, worker=False)
 
 
 @signals.worker_process_init.connect
@@ -58,6 +117,17 @@ def _on_child_init(**_: Any) -> None:
 
 
 @signals.worker_process_shutdown.connect
+def _on_child_shutdown(pid: int | None = None, **_: Any) -> None:
+    dispose_all()
+    metrics.flush()  # what the flusher thread has not written yet
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:  # prometheus_client's bookkeeping: drop the exited child's live gauges
+        mark_process_dead(pid or os.getpid(), path)  # type: ignore[no-untyped-call]
+
+
 @signals.worker_shutdown.connect
 def _on_shutdown(**_: Any) -> None:
     dispose_all()
+    metrics.flush()
+    metrics.set_worker_up(False)
+    stop_metrics()

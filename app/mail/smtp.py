@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import socket
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Protocol
@@ -41,19 +43,45 @@ class SmtpConfig:
     timeout: float = 10.0
 
 
+#: Told the result of each send (``ok``, ``transient`` or ``permanent``) and its seconds.
+SendObserver = Callable[[str, float], None]
+
+
 class AioSmtpSender:
     """Sends messages with aiosmtplib on the process's asyncio loop."""
 
-    def __init__(self, config: SmtpConfig, bridge: AsyncioBridge = BRIDGE) -> None:
+    def __init__(
+        self, config: SmtpConfig, bridge: AsyncioBridge = BRIDGE, *, observe: SendObserver | None = None
+    ) -> None:
         self._config = config
         self._bridge = bridge
+        self._observe = observe
         # Resolved once, here: aiosmtplib would otherwise look it up in an
         # executor thread, which deadlocks inside the bridge's loop.
         self._local_hostname = socket.gethostname() or "localhost"
         self._tls_context = ssl.create_default_context() if config.starttls else None
 
     def send(self, message: EmailMessage) -> None:
-        """Deliver one message, classifying failures as transient or permanent."""
+        """Deliver one message, classifying failures as transient or permanent.
+
+        Raises:
+            SmtpTransientError: a later attempt may succeed.
+            SmtpPermanentError: the server refused the message for good.
+        """
+        if self._observe is None:
+            self._deliver(message)
+            return
+        started, result = time.perf_counter(), "permanent"  # anything unclassified is not retried
+        try:
+            self._deliver(message)
+            result = "ok"
+        except SmtpTransientError:
+            result = "transient"
+            raise
+        finally:
+            self._observe(result, time.perf_counter() - started)
+
+    def _deliver(self, message: EmailMessage) -> None:
         config = self._config
         try:
             self._bridge.run(

@@ -9,8 +9,12 @@ from sqlalchemy import Engine
 from app.db import engine_for
 from app.mail.render import Renderer
 from app.mail.service import MailService
-from app.mail.smtp import AioSmtpSender, SmtpConfig
+from app.mail.smtp import AioSmtpSender, SendObserver, SmtpConfig
 from app.settings import get_settings
+
+#: Called after each SMTP send with its result (``ok``, ``transient``, ``permanent``)
+#: and seconds; ``workers.metrics`` sets it, so app code never imports the workers.
+on_smtp_send: SendObserver | None = None
 
 
 def engine() -> Engine:
@@ -30,4 +34,10 @@ def mail_service() -> MailService:
         starttls=settings.smtp_starttls,
         timeout=settings.smtp_timeout,
     )
-    return MailService(AioSmtpSender(config), Renderer(), settings.mail_from)
+    return MailService(AioSmtpSender(config, observe=_smtp_sent), Renderer(), settings.mail_from)
+
+
+def _smtp_sent(result: str, seconds: float) -> None:
+    # Read at call time: the hook may be set after the sender was built.
+    if on_smtp_send is not None:
+        on_smtp_send(result, seconds)
