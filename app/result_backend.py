@@ -64,7 +64,7 @@ DELETE FROM {table} WHERE {key} IN (
 class PostgresBackend(BaseBackend):
     """Result backend storing task state in the ``task_results`` table."""
 
-    #: Retry transient connection errors (a database restart) with backoff.
+    #: Connection errors retried with backoff (``result_backend_always_retry``).
     RETRYABLE = (OperationalError, InterfaceError)
 
     def __init__(self, app: Any = None, url: str | None = None, **kwargs: Any) -> None:
@@ -76,8 +76,6 @@ class PostgresBackend(BaseBackend):
         self.thread_safe = True
         options = app.conf.result_backend_transport_options or {}
         self.synchronous_commit = bool(options.get("synchronous_commit", True))
-        self.always_retry = True
-        self.max_retries = 10
 
     # -- connections -----------------------------------------------------
     def _execute(self, sql: str, params: Any, fetch: bool = False) -> Any:
