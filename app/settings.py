@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     #: directory per worker (default ``<tempdir>/magnetiq-metrics``; a tmpfs suits it best).
     metrics_dir: str | None = None
 
+    #: Directory of the liveness and readiness files (``workers.health``).
+    health_dir: str | None = None
+
     #: Worker and beat log level.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     #: Beat's local state file.
