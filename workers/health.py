@@ -1,10 +1,12 @@
 """Health probes: liveness from a heartbeat the worker's own loop keeps, readiness from its consumer.
 
 Liveness never touches the broker (a broker blip must not restart every
-worker, celery#4079): a worker-level bootstep touches ``<profile>.alive``
-from the worker's timer, so the file goes stale only when the worker's loop
-stops. Readiness is ``<profile>.ready``, present while the consumer is
-connected and consuming, removed when it stops or loses the connection.
+worker, celery#4079): the worker's own timer ticks, and a native thread keeps
+``<profile>.alive`` fresh while the ticks keep coming, or while the consumer
+is reconnecting (Celery's loop then waits inside its retry policy, by
+design). The file goes stale when a connected worker's loop stops. Readiness
+is ``<profile>.ready``, present while the consumer is connected and
+consuming, removed when it stops or loses the connection.
 
 Probes (exit 0 healthy, 1 not, with one line saying why)::
 
@@ -45,8 +47,26 @@ def _touch(path: Path) -> None:
     path.touch()
 
 
+class _State:
+    """What the heartbeat thread knows: when the worker's loop last ticked, and whether it consumes."""
+
+    last_tick = 0.0
+    consuming = False
+
+
+def _keep_beating(path: Path) -> None:
+    # A native thread: it runs even while the worker's loop is busy reconnecting.
+    while _State.last_tick >= 0:
+        loop_alive = time.monotonic() - _State.last_tick < 3 * HEARTBEAT_SECONDS
+        # While the consumer reconnects, Celery's loop waits inside its retry
+        # policy: that is the worker working as designed, not a stuck worker.
+        if loop_alive or not _State.consuming:
+            _touch(path)
+        time.sleep(HEARTBEAT_SECONDS)
+
+
 class Heartbeat(bootsteps.StartStopStep):
-    """Worker step: touch ``<profile>.alive`` every few seconds from the worker's timer."""
+    """Worker step: keep ``<profile>.alive`` fresh while the worker's loop ticks (or reconnects)."""
 
     requires = ("celery.worker.components:Timer",)
 
@@ -56,15 +76,33 @@ class Heartbeat(bootsteps.StartStopStep):
         self.entry: Any = None
 
     def start(self, worker: Any) -> None:
-        """Beat once now, then on the worker's timer."""
+        """Tick from the worker's own timer; a native thread turns ticks into the file."""
         _touch(self.path)
-        self.entry = worker.timer.call_repeatedly(HEARTBEAT_SECONDS, _touch, (self.path,), priority=10)
+        _State.last_tick = time.monotonic()
+        self.entry = worker.timer.call_repeatedly(HEARTBEAT_SECONDS, _tick, priority=10)
+        _start_native_thread(_keep_beating, (self.path,))
 
     def stop(self, worker: Any) -> None:
         """Stop beating and remove the file: a stopped worker is not alive."""
+        _State.last_tick = -1.0
         if self.entry is not None:
             self.entry.cancel()
         self.path.unlink(missing_ok=True)
+
+
+def _tick() -> None:
+    _State.last_tick = time.monotonic()
+
+
+def _start_native_thread(target: Any, args: tuple[Any, ...]) -> None:
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        import _thread
+
+        _thread.start_new_thread(target, args)
+        return
+    monkey.get_original("_thread", "start_new_thread")(target, args)
 
 
 class Readiness(bootsteps.StartStopStep):
@@ -74,10 +112,12 @@ class Readiness(bootsteps.StartStopStep):
 
     def start(self, consumer: Any) -> None:
         """The consumer is connected and its task consumer started."""
+        _State.consuming = True
         _touch(health_dir() / f"{profile_of(consumer.hostname)}.ready")
 
     def stop(self, consumer: Any) -> None:
         """Connection lost or shutting down: not ready."""
+        _State.consuming = False
         (health_dir() / f"{profile_of(consumer.hostname)}.ready").unlink(missing_ok=True)
 
     shutdown = stop
