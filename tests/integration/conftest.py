@@ -161,6 +161,18 @@ def sink(smtp_sink: SmtpSink) -> SmtpSink:
     return smtp_sink
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 15) -> int:
+    """SIGTERM a process this test started; SIGKILL it only after ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
+
+
 class WorkerProcess:
     """A real worker process started with ``python -m workers <role>``."""
 
@@ -182,15 +194,9 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 30) -> int:
         """Warm-shut the worker down (SIGTERM), killing it only after ``timeout``."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        code = terminate(self.proc, timeout)
         self._log.close()
-        return self.proc.returncode
+        return code
 
 
 def worker_env(**overrides: str) -> dict[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 from app.tasks.booking_tasks import process_payment
-from tests.integration.conftest import ROOT, WorkerProcess, free_port, wait_until, worker_env
+from tests.integration.conftest import ROOT, WorkerProcess, free_port, terminate, wait_until, worker_env
 
 
 def _get(url: str) -> Any:
@@ -64,12 +63,7 @@ def test_flower_lists_workers_and_tasks(
         assert task["name"] == "app.tasks.booking_tasks.process_payment"
         assert task["state"] == "SUCCESS"
     finally:
-        flower.send_signal(signal.SIGTERM)
-        try:
-            flower.wait(15)
-        except subprocess.TimeoutExpired:
-            flower.kill()
-            flower.wait(5)
+        terminate(flower)
         log.close()
 
 

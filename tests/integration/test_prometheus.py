@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import urllib.parse
 import urllib.request
@@ -18,7 +17,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from sqlalchemy import text
 
 from app.tasks.booking_tasks import process_payment
-from tests.integration.conftest import ROOT, WorkerProcess, _unavailable, free_port, wait_until
+from tests.integration.conftest import ROOT, WorkerProcess, _unavailable, free_port, terminate, wait_until
 from workers import metrics
 
 PROMTOOL = Path("/usr/bin/promtool")
@@ -157,16 +156,6 @@ def query(port: int, promql: str) -> list[dict[str, Any]]:
     return list(body["data"]["result"])
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 @pytest.mark.slow
 def test_prometheus_scrapes_a_real_booking_worker(
     start_worker: Callable[..., WorkerProcess], database: Any, tmp_path: Path
@@ -220,4 +209,4 @@ def test_prometheus_scrapes_a_real_booking_worker(
                 ) from None
             assert found[0]["metric"]["job"] == "magnetiq-booking"
         finally:
-            stop(proc)
+            terminate(proc, 10)
