@@ -20,7 +20,8 @@ def message_id(key: str, domain: str = "magnetiq.mail") -> str:
 
 
 def _header(value: str, what: str) -> str:
-    if "\x00" in value or len(value.splitlines()) > 1 or value.endswith(("\r", "\n")):
+    # splitlines() knows every line boundary (CR, LF, VT, FF, NEL, U+2028, ...).
+    if "\x00" in value or (value and value.splitlines() != [value]):
         raise InvalidEmail(f"{what} contains a line break or NUL")
     return value
 

@@ -76,6 +76,9 @@ def test_message_id_is_deterministic_per_key() -> None:
         ("subject", "Welcome\rX"),
         ("mail_from", "Magnetiq <no-reply@magnetiq.local>\r\nBcc: evil@example.com"),
         ("mail_from", "Magnetiq <no-reply@magnetiq.local>\n"),
+        ("subject", "Welcome\x85"),
+        ("subject", "Welcome\u2028Bcc: evil@example.com"),
+        ("subject", "Welcome\x0b"),
     ],
 )
 def test_line_breaks_in_headers_raise_invalid_email(field: str, value: str) -> None:
