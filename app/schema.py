@@ -10,6 +10,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -74,4 +75,50 @@ payments = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("amount_cents > 0", name="amount_positive"),
     CheckConstraint("status IN ('pending', 'processed', 'failed', 'refunded')", name="status_known"),
+)
+
+#: One row per email the fleet has been asked to send, keyed by its idempotency
+#: key: a redelivered or retried task finds ``sent`` here and sends nothing.
+email_deliveries = Table(
+    "email_deliveries",
+    metadata,
+    Column("idempotency_key", String(200), primary_key=True),
+    Column("template", String(50), nullable=False),
+    Column("message_id", String(255), nullable=False),
+    Column("task_id", String(155)),
+    Column("status", String(20), nullable=False, server_default=text("'pending'")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("last_error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("sent_at", DateTime(timezone=True)),
+    CheckConstraint("status IN ('pending', 'sending', 'sent', 'failed')", name="status_known"),
+    Index("ix_email_deliveries_created_at", "created_at"),
+)
+
+#: Leases that elect one leader among beat replicas (one row per lease name).
+beat_leases = Table(
+    "beat_leases",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("acquired_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("renewed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+#: One row per (periodic job, schedule slot): beat sends a slot once, the job runs it once.
+periodic_runs = Table(
+    "periodic_runs",
+    metadata,
+    Column("job", String(100), nullable=False),
+    Column("slot", DateTime(timezone=True), nullable=False),
+    Column("task_id", String(155)),
+    Column("status", String(20), nullable=False, server_default=text("'sent'")),
+    Column("sent_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("detail", JSONB),
+    PrimaryKeyConstraint("job", "slot"),
+    CheckConstraint("status IN ('sent', 'started', 'succeeded', 'failed')", name="status_known"),
 )
