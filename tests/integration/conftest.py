@@ -27,6 +27,7 @@ from app.settings import get_settings
 from routing import declare_topology, names
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
 from tests.conftest import TEST_BROKER_URL, TEST_DATABASE_URL
+from tests.payment_provider import Ledger, running_provider
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_QUEUES = [q.name for q in (*TASK_QUEUES, *DEAD_LETTER_QUEUES)]
@@ -138,6 +139,20 @@ class SmtpSink:
         """Wait until at least ``count`` messages arrived."""
         wait_until(lambda: len(self.messages) >= count, timeout, f"{count} emails")
         return self.messages
+
+
+@pytest.fixture(scope="module")
+def payment_provider() -> Iterator[tuple[str, Ledger]]:
+    """A real HTTP payment provider on loopback for the module: (base URL, ledger)."""
+    with running_provider() as provider:
+        yield provider
+
+
+@pytest.fixture
+def ledger(payment_provider: tuple[str, Ledger]) -> Ledger:
+    """The module's payment provider ledger, emptied for this test."""
+    payment_provider[1].reset()
+    return payment_provider[1]
 
 
 def free_port() -> int:
