@@ -30,6 +30,10 @@ class Ledger:
     requests: int = 0
     declined: set[int] = field(default_factory=set)
     unavailable: int = 0
+    #: When set, the next charge is made, then its reply waits for this event (a reply lost in flight).
+    hold_next_charge: threading.Event | None = None
+    #: Charges whose reply is being held.
+    held: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handle(self, path: str, key: str | None, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -71,8 +75,18 @@ class Ledger:
             self.replies.clear()
             self.charges.clear()
             self.refunds.clear()
-            self.requests = self.unavailable = 0
+            self.requests = self.unavailable = self.held = 0
             self.declined.clear()
+            self.hold_next_charge = None
+
+    def hold(self, path: str) -> threading.Event | None:
+        """Take the pending hold if this is a charge (one request is held per ``hold_next_charge``)."""
+        with self.lock:
+            if path != "/charges" or self.hold_next_charge is None:
+                return None
+            event, self.hold_next_charge = self.hold_next_charge, None
+            self.held += 1
+            return event
 
     def write_statement(self, path: Path, extra: list[dict[str, Any]] | None = None) -> Path:
         """Write the provider's statement CSV: one line per charge, then any ``extra`` lines."""
@@ -94,12 +108,18 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
         status, reply = self.ledger.handle(self.path, self.headers.get("Idempotency-Key"), body)
+        held = self.ledger.hold(self.path)
+        if held is not None:
+            held.wait(60)
         data = json.dumps(reply).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            pass  # the client is gone (a test killed it mid-request)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet."""

@@ -101,6 +101,7 @@ def place_booking(
 
 def _create(engine: Engine, request: BookingRequest) -> int:
     with engine.begin() as db:
+        begin_locked(db)
         known = db.execute(
             select(
                 select(users.c.id).where(users.c.id == request.user_id).exists(),

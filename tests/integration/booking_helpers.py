@@ -16,6 +16,19 @@ from app.booking.notices import Kind, Notice
 DAY = datetime(2031, 3, 14, tzinfo=UTC)
 
 
+#: A staff upload: lines 2, 3 and 7 are good; 4-6, 8 and 9 are bad, each for its own reason.
+IMPORT_CSV = """reference,email,name,resource,starts_at,amount_cents,currency
+IMP-1,bo@example.com,Bo,Room A,2031-03-14T09:00:00+00:00,1500,EUR
+IMP-2,bo@example.com,Bo,Room A,2031-03-14T10:00:00Z,0,EUR
+IMP-3,not-an-email,Cy,Room A,2031-03-14T11:00:00+00:00,100,EUR
+IMP-4,di@example.com,Di,Room Z,2031-03-14T11:00:00+00:00,100,EUR
+IMP-5,di@example.com,Di,Room A,2031-03-14T09:00:00+00:00,-3,eur
+IMP-6,di@example.com,Di,Room A,2031-03-14T11:00:00+00:00,100,EUR
+IMP-1,ed@example.com,Ed,Room A,2031-03-14T11:00:00+00:00,100,EUR
+IMP-7,ed@example.com,Ed,Room A,2031-03-14 11:00:00,100,EUR
+"""
+
+
 @dataclass(frozen=True)
 class Seeded:
     """Ids of the seeded rows."""
@@ -63,13 +76,22 @@ def scalar(database: Any, sql: str, **params: Any) -> Any:
         return db.execute(text(sql), params).scalar()
 
 
-def take_messages(broker: Connection, queue: str) -> list[tuple[str, dict[str, Any]]]:
-    """Consume (and ack) every ready message of ``queue``; return (task name, kwargs) of each."""
+@dataclass(frozen=True)
+class Published:
+    """A task message read from a queue."""
+
+    task: str
+    kwargs: dict[str, Any]
+    group: str | None
+
+
+def take_messages(broker: Connection, queue: str) -> list[Published]:
+    """Consume (and ack) every ready message of ``queue``, in queue order."""
     taken = []
     with broker.channel() as channel:
         while (message := channel.basic_get(queue, no_ack=True)) is not None:
             _args, kwargs, _embed = json.loads(message.body)
-            taken.append((message.headers["task"], kwargs))
+            taken.append(Published(message.headers["task"], kwargs, message.headers.get("group")))
     return taken
 
 

@@ -19,7 +19,7 @@ from app.booking.provider import (
     PaymentProviderNotConfigured,
     PaymentProviderUnavailable,
 )
-from tests.integration.booking_helpers import DAY, RecordingNotifier, rows, scalar, seed
+from tests.integration.booking_helpers import DAY, IMPORT_CSV, RecordingNotifier, rows, scalar, seed
 from tests.payment_provider import Ledger
 
 
@@ -224,21 +224,9 @@ def test_reminders_cover_a_days_confirmed_bookings_once(database: Any, provider:
     assert reminders.queue_reminders(database, reminding, date(2031, 3, 15)) == 1
 
 
-CSV = """reference,email,name,resource,starts_at,amount_cents,currency
-IMP-1,bo@example.com,Bo,Room A,2031-03-14T09:00:00+00:00,1500,EUR
-IMP-2,bo@example.com,Bo,Room A,2031-03-14T10:00:00Z,0,EUR
-IMP-3,not-an-email,Cy,Room A,2031-03-14T11:00:00+00:00,100,EUR
-IMP-4,di@example.com,Di,Room Z,2031-03-14T11:00:00+00:00,100,EUR
-IMP-5,di@example.com,Di,Room A,2031-03-14T09:00:00+00:00,-3,eur
-IMP-6,di@example.com,Di,Room A,2031-03-14T11:00:00+00:00,100,EUR
-IMP-1,ed@example.com,Ed,Room A,2031-03-14T11:00:00+00:00,100,EUR
-IMP-7,ed@example.com,Ed,Room A,2031-03-14 11:00:00,100,EUR
-"""
-
-
 def test_import_validates_every_row_and_books_the_good_ones_in_chunks(database: Any) -> None:
     seed(database, slots=3)
-    import_id = imports.create_import(database, "staff.csv", CSV)
+    import_id = imports.create_import(database, "staff.csv", IMPORT_CSV)
 
     chunks = imports.start_import(database, import_id, chunk_size=2)
     assert chunks == [0, 1]
@@ -271,7 +259,7 @@ def test_import_of_taken_slot_reports_a_row_error(database: Any, provider: Any) 
     seeded = seed(database, slots=1)
     _book(database, provider, RecordingNotifier(), "TAKEN", seeded.slot_ids[0], seeded.user_id, 0)
     import_id = imports.create_import(
-        database, "late.csv", CSV.splitlines()[0] + "\n" + CSV.splitlines()[1] + "\n"
+        database, "late.csv", IMPORT_CSV.splitlines()[0] + "\n" + IMPORT_CSV.splitlines()[1] + "\n"
     )
 
     assert imports.start_import(database, import_id, chunk_size=10) == [0]
