@@ -99,11 +99,17 @@ def _problems(error: ValidationError) -> str:
     )
 
 
-def check(db: Connection, content: str) -> Checked:
-    """Validate every row of a file: fields, an existing slot, no reference or slot twice."""
+def check(db: Connection, content: str, only: set[int] | None = None) -> Checked:
+    """Validate the rows of a file (every row, or the lines in ``only``).
+
+    A row must have valid fields and name an existing slot, and no reference
+    or slot may appear twice among the rows checked.
+    """
     parsed: dict[int, ImportRow] = {}
     errors: dict[int, str] = {}
     for line, record in _parse(content):
+        if only is not None and line not in only:
+            continue
         if isinstance(record, str):
             errors[line] = record
             continue
@@ -236,16 +242,9 @@ def _book_lines(db: Connection, import_id: int, lines: set[int]) -> int:
     content = db.execute(
         select(booking_imports.c.content).where(booking_imports.c.id == import_id)
     ).scalar_one()
-    checked = check(db, content)
-    rows = {line: checked.rows[line] for line in sorted(lines) if line in checked.rows}
-    # Users in one sorted statement: chunks sharing users never wait on each other in a cycle.
-    people = {row.email: row.name for row, _ in rows.values()}
-    if people:
-        db.execute(
-            insert(users).on_conflict_do_nothing(),
-            [{"email": email, "name": people[email]} for email in sorted(people)],
-        )
-    user_ids = dict(db.execute(select(users.c.email, users.c.id).where(users.c.email.in_(people))).all())
+    checked = check(db, content, only=lines)
+    rows = {line: checked.rows[line] for line in sorted(checked.rows)}
+    user_ids = _user_ids(db, {row.email: row.name for row, _ in rows.values()})
     # Like place_booking, hold each slot's lock while confirming it (in id order: no lock cycles).
     db.execute(
         select(time_slots.c.id)
@@ -279,6 +278,18 @@ def _book_lines(db: Connection, import_id: int, lines: set[int]) -> int:
             )
     _record_errors(db, import_id, conflicts)
     return len(rows) - len(conflicts)
+
+
+def _user_ids(db: Connection, people: dict[str, str]) -> dict[str, int]:
+    """Create the users an import names (by email) that do not exist yet; return every id by email."""
+    if not people:
+        return {}
+    # One sorted statement: chunks sharing users never wait on each other in a cycle.
+    db.execute(
+        insert(users).on_conflict_do_nothing(),
+        [{"email": email, "name": people[email]} for email in sorted(people)],
+    )
+    return dict(db.execute(select(users.c.email, users.c.id).where(users.c.email.in_(people))).all())
 
 
 def finish_import(engine: Engine, import_id: int) -> str:
