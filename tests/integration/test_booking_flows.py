@@ -385,15 +385,37 @@ def test_reminders_fan_out_as_a_group_once(
     assert sorted(e.kwargs["idempotency_key"] for e in emails) == [f"booking-reminder:{i}" for i in ids]
 
 
+def test_reminder_runs_at_once_queue_one_reminder_per_booking(
+    workers: list[WorkerProcess], database: Any, broker: Connection, payment_provider: tuple[str, Ledger]
+) -> None:
+    # given four confirmed bookings on the day
+    seeded = seed(database, slots=4)
+    client = HttpPaymentProvider(payment_provider[0])
+    for i, slot in enumerate(seeded.slot_ids):
+        booking_service.place_booking(
+            database, client, RecordingNotifier(), BookingRequest(f"RC-{i}", seeded.user_id, slot, 0, "EUR")
+        )
+
+    # when three reminder runs for the day are delivered at once
+    runs = [send_booking_reminders.delay(DAY.date().isoformat()) for _ in range(3)]
+    counts = [int(run.get(timeout=30).split()[1]) for run in runs]
+
+    # then the runs split the bookings between them: one reminder each
+    assert sum(counts) == 4
+    emails = _emails(broker, 4)
+    keys = sorted(e.kwargs["idempotency_key"] for e in emails)
+    ids = [r.id for r in rows(database, "SELECT id FROM bookings ORDER BY id")]
+    assert keys == sorted(f"booking-reminder:{i}" for i in ids)
+
+
 def test_import_file_is_validated_chunked_and_closed(workers: list[WorkerProcess], database: Any) -> None:
     # given an uploaded CSV with three good and five bad rows
     seed(database, slots=3)
     import_id = create_import(database, "staff.csv", IMPORT_CSV)
 
-    # when it is imported (chunks of two rows)
-    assert (
-        producer.enqueue_import_bookings(import_id).get(timeout=30) == f"Import {import_id}: 2 chunks queued"
-    )
+    # when its import is delivered twice at once (chunks of two rows)
+    outcomes = [r.get(timeout=30) for r in [producer.enqueue_import_bookings(import_id) for _ in range(2)]]
+    assert f"Import {import_id}: 2 chunks queued" in outcomes
 
     # then the chunks book the good rows and the summary task closes the import
     wait_until(
