@@ -83,7 +83,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "interval_max": 2,
         },
         "task_send_sent_event": True,  # Flower and metrics see publishes
-        "worker_send_task_events": True,
+        # Off by default (a third of prefork throughput); Flower enables them
+        # by broadcast while it runs, WORKER_TASK_EVENTS=true from the start.
+        "worker_send_task_events": settings.worker_task_events,
         "worker_prefetch_multiplier": 1,  # profiles raise it where tasks are short
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # Reject undecodable messages to the DLQ instead of acking them away.

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     #: disk: about 2.5x faster, and a database crash may lose the last fraction
     #: of a second of result rows (never domain data, which commits normally).
     result_synchronous_commit: bool = True
+    #: Workers send task events from the start. Off by default: events cost
+    #: about a third of a prefork worker's throughput, and Flower turns them on
+    #: by broadcast while it runs (its ``--enable_events``, on by default).
+    worker_task_events: bool = False
     #: Seconds a stored result lives before expiry cleanup deletes it.
     result_expires: int = Field(default=7 * 24 * 3600, gt=0)
     #: Seconds a soft time limit gives a prefork task before it must stop.

@@ -44,7 +44,7 @@ def test_bench_runs_every_figure_and_prints_the_table(broker: Connection, databa
         assert any(row.startswith(f"| {figure.name} |") and figure.baseline in row for row in rows), figure
     # every drain stored one result row per task and the sentinel; the ignored run only the sentinel
     drains = re.findall(r"\] (.+?) +[\d,.]+ +(\d+) tasks in [\d.]+s, (\d+) result rows", done.stderr)
-    assert len(drains) == 6, done.stderr
+    assert len(drains) == 7, done.stderr
     for name, tasks, rows in drains:
         expected = 1 if "ignored" in name else int(tasks) + 1
         assert int(rows) == expected, name
