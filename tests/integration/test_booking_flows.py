@@ -58,12 +58,12 @@ def calendar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def workers(
-    start_worker: Callable[..., WorkerProcess], payment_provider: tuple[str, Ledger], calendar_dir: Path
-) -> list[WorkerProcess]:
-    """Two booking workers (two processes each) sharing the queue, the provider and the calendar directory."""
+def workers(start_worker: Callable[..., WorkerProcess], calendar_dir: Path) -> list[WorkerProcess]:
+    """Two booking workers (two processes each) sharing the queue and the calendar directory.
+
+    ``worker_env`` points them at the tests' payment provider.
+    """
     env = {
-        "PAYMENT_PROVIDER_URL": payment_provider[0],
         "CALENDAR_EXPORT_DIR": str(calendar_dir),
         "BOOKING_IMPORT_CHUNK_SIZE": "2",
     }

@@ -20,10 +20,8 @@ from tests.payment_provider import Ledger
 
 
 @pytest.fixture(scope="module")
-def booking_worker(
-    start_worker: Callable[..., WorkerProcess], payment_provider: tuple[str, Ledger]
-) -> WorkerProcess:
-    return start_worker("booking", PAYMENT_PROVIDER_URL=payment_provider[0])
+def booking_worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
+    return start_worker("booking")
 
 
 def _payment(database: Any, amount_cents: int = 1200) -> int:
