@@ -342,3 +342,33 @@ def test_provider_client_maps_replies_to_errors(payment_provider: tuple[str, Any
         HttpPaymentProvider(None).charge("k4", 100, "EUR", "x")
     with pytest.raises(PaymentProviderUnavailable):
         HttpPaymentProvider("http://127.0.0.1:9", timeout=2).charge("k5", 100, "EUR", "x")
+
+
+def test_cancelling_a_pending_booking_fails_its_uncharged_payment(
+    database: Any, provider: Any, ledger: Ledger
+) -> None:
+    # given a pending booking whose payment was never charged
+    seeded = seed(database)
+    with database.begin() as db:
+        booking_id = db.execute(
+            text("INSERT INTO bookings (reference, user_id, slot_id) VALUES ('PEND', :u, :s) RETURNING id"),
+            {"u": seeded.user_id, "s": seeded.slot_ids[0]},
+        ).scalar_one()
+        db.execute(
+            text(
+                "INSERT INTO payments (booking_id, amount_cents, idempotency_key) "
+                "VALUES (:b, 700, 'booking:PEND')"
+            ),
+            {"b": booking_id},
+        )
+    notifier = RecordingNotifier()
+
+    # when it is cancelled
+    outcome = bookings.cancel_booking(database, provider, notifier, booking_id, None)
+
+    # then nothing is refunded, the payment fails, and the cancellation is mailed
+    assert outcome == "Booking PEND cancelled"
+    assert ledger.requests == 0
+    assert rows(database, "SELECT status, failure_reason FROM payments")[0] == ("failed", "cancelled")
+    assert scalar(database, "SELECT status_reason FROM bookings") == "cancelled by request"
+    assert notifier.kinds() == ["cancellation"]
