@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,8 +16,18 @@ from tests.conftest import TEST_BROKER_URL, TEST_DATABASE_URL
 from tests.integration.conftest import ROOT, worker_env
 
 
+@pytest.fixture
+def plain_celery_tables(database: Any) -> Iterator[None]:
+    """Drop plain Celery's own result tables afterwards: they are not the fleet's schema."""
+    yield
+    with database.begin() as db:
+        db.exec_driver_sql("DROP TABLE IF EXISTS plain_celery_taskmeta, plain_celery_groupmeta")
+        db.exec_driver_sql("DROP SEQUENCE IF EXISTS task_id_sequence, taskset_id_sequence")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+@pytest.mark.usefixtures("plain_celery_tables")
 def test_bench_runs_every_figure_and_prints_the_table(broker: Connection, database: Any) -> None:
     done = subprocess.run(
         [
