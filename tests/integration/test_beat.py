@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from routing import names
 from tests.integration.conftest import WorkerProcess, wait_until, worker_env
+from tests.integration.test_cli import magnetiq
 
 #: Lease of the test beats: a killed leader's standby takes over within about 2.7 s.
 LEASE_SECONDS = 2
@@ -181,3 +182,47 @@ def test_restart_across_a_slot_boundary_neither_repeats_nor_skips(
     missed = [sent_by for slot, sent_by in recorded if last_sent < slot <= last_sent + timedelta(seconds=2)]
     assert missed == [holder(after), holder(after)]
     assert {sent_by for slot, sent_by in recorded if slot <= last_sent} == {holder(before)}
+
+
+def test_beat_and_a_worker_run_each_job_once_per_slot_and_list_shows_it(
+    start_beat: StartBeat, start_worker: Callable[..., WorkerProcess], database: Any
+) -> None:
+    # given a maintenance worker, and a beat leading on two per-second jobs
+    start_worker("maintenance")
+    beat = start_beat("TWO_JOBS")
+    wait_until(lambda: role(beat) == "leading", PATIENCE, "the beat to lead")
+
+    # when the jobs have run a few slots
+    def succeeded(job: str) -> list[Any]:
+        with database.connect() as db:
+            rows = db.execute(
+                text("SELECT * FROM periodic_runs WHERE job = :job AND status = 'succeeded' ORDER BY slot"),
+                {"job": job},
+            )
+            return list(rows)
+
+    wait_until(lambda: len(succeeded("every-3s")) >= 2, PATIENCE, "two runs of every-3s")
+    wait_until(lambda: len(succeeded("every-1s")) >= 3, PATIENCE, "three runs of every-1s")
+
+    # then each run ran its task on the worker and recorded the result per slot
+    cleanup = succeeded("every-3s")[0]
+    assert cleanup.detail == {"result": "Cleaned up 0 expired sessions"}
+    assert cleanup.slot.second % 3 == 0
+    assert [row["queue"] for row in succeeded("every-1s")[0].detail["result"]] == [
+        "email.dlq",
+        "booking.dlq",
+        "maintenance.dlq",
+    ]
+
+    # and the schedule lists the leader and each job's last and next run
+    listed = magnetiq("schedule", "list", MAINTENANCE_SCHEDULE="tests.integration.beat_schedules:TWO_JOBS")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].startswith(f"leader: {holder(beat)} (lease until ")
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert set(rows) == {"every-3s", "every-1s"}
+    for name, row in rows.items():
+        last = datetime.fromisoformat(f"{row[7]}T{row[8]}+00:00")
+        upcoming = datetime.fromisoformat(f"{row[10]}T{row[11]}+00:00")
+        assert last < upcoming, name
+        assert row[9] in {"sent", "started", "succeeded"}
