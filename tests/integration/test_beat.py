@@ -13,6 +13,7 @@ import pytest
 from kombu import Connection
 from sqlalchemy import text
 
+from app.maintenance import runs as beat_runs
 from routing import names
 from tests.integration.conftest import WorkerProcess, wait_until, worker_env
 from tests.integration.test_cli import magnetiq
@@ -226,3 +227,25 @@ def test_beat_and_a_worker_run_each_job_once_per_slot_and_list_shows_it(
         upcoming = datetime.fromisoformat(f"{row[10]}T{row[11]}+00:00")
         assert last < upcoming, name
         assert row[9] in {"sent", "started", "succeeded"}
+
+
+def test_a_beat_that_lost_its_lease_cannot_claim_a_slot(database: Any) -> None:
+    # given a lease that beat "a" held but let expire, and beat "b" that took it
+    assert beat_runs.hold_lease(database, "a", 30).leader
+    assert beat_runs.release_lease(database, "a")
+    lease = beat_runs.hold_lease(database, "b", 30)
+    assert (lease.leader, lease.holder) == (True, "b")
+    assert not beat_runs.hold_lease(database, "a", 30).leader
+    slot = lease.now.replace(microsecond=0)
+
+    # when the old leader still tries to claim a slot (a pause outlived its lease)
+    with database.begin() as db:
+        stale = beat_runs.claim_slot(db, "tick", slot, "task-a", "a")
+    with database.begin() as db:
+        current = beat_runs.claim_slot(db, "tick", slot, "task-b", "b")
+    with database.begin() as db:
+        again = beat_runs.claim_slot(db, "tick", slot, "task-b2", "b")
+
+    # then only the lease holder's first claim of the slot counts
+    assert (stale, current, again) == (False, True, False)
+    assert runs(database) == [(slot, "b")]
