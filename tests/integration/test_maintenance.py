@@ -6,6 +6,7 @@ import json
 import socket
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy import text
 
 from app.celery_app import celery_app
 from app.contracts import CLEANUP_OLD_SESSIONS, REPORT_DEAD_LETTERS
+from app.maintenance import runs as beat_runs
 from app.maintenance.service import cleanup_old_sessions
 from app.tasks.maintenance import cleanup_old_sessions as cleanup_task
 from routing import names
@@ -211,3 +213,29 @@ def test_schedule_run_of_an_unknown_job_names_the_known_ones(database: Any) -> N
         in done.stderr
     )
     assert _runs(database) == []
+
+
+def test_a_slot_runs_again_only_on_redelivery_or_after_a_failure(database: Any) -> None:
+    # given a slot beat sent as task "sent"
+    slot = datetime(2026, 11, 24, 3, 15, tzinfo=UTC)
+    assert beat_runs.hold_lease(database, "beat-a", 30).leader
+    with database.begin() as db:
+        assert beat_runs.claim_slot(db, "job", slot, "sent", "beat-a")
+
+    # when a duplicate starts it first, then the sent message and a redelivery arrive
+    assert beat_runs.start_run(database, "job", slot, "duplicate")
+    assert not beat_runs.start_run(database, "job", slot, "sent")
+    assert beat_runs.start_run(database, "job", slot, "duplicate")  # its worker died: redelivered
+
+    # then a failed run may be run again by any message of the slot, a succeeded one by none
+    beat_runs.finish_run(database, "job", slot, "duplicate", ok=False, detail='{"error": "OperationalError"}')
+    assert beat_runs.start_run(database, "job", slot, "retry")
+    beat_runs.finish_run(database, "job", slot, "retry", ok=True, detail='{"result": "done"}')
+    assert not beat_runs.start_run(database, "job", slot, "retry")
+    [run] = _runs(database)
+    assert (run.task_id, run.status, run.sent_by, run.detail) == (
+        "retry",
+        "succeeded",
+        "beat-a",
+        {"result": "done"},
+    )

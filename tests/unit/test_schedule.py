@@ -6,9 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+import app.tasks.maintenance  # noqa: F401 - registers the maintenance tasks
+from app.celery_app import celery_app
 from app.contracts import CLEANUP_OLD_SESSIONS, InvalidTaskArguments, PeriodicArgs, validate_arguments
 from app.maintenance.dead_letters import message_time
 from app.maintenance.schedule import SCHEDULE, Job, find_job, load_schedule
+from app.tasks.base import FleetTask
 
 DAILY = Job("daily", CLEANUP_OLD_SESSIONS, "15 3 * * *", expires_seconds=3600)
 EVERY_2S = Job("fast", CLEANUP_OLD_SESSIONS, "* * * * * */2", expires_seconds=5)
@@ -105,3 +108,13 @@ def test_a_dead_letter_is_aged_from_its_first_death_else_its_sent_at() -> None:
     )
     assert message_time(None) is None
     assert message_time({"sent_at": "yesterday"}) is None
+
+
+def test_every_scheduled_task_takes_a_job_and_a_slot() -> None:
+    # given the registered maintenance tasks
+    # when each job's task is looked up
+    # then it validates PeriodicArgs, so its runs are recorded per slot
+    for job in SCHEDULE:
+        task = celery_app.tasks[job.task]
+        assert isinstance(task, FleetTask)
+        assert task.arguments is PeriodicArgs, job.name
