@@ -103,7 +103,7 @@ class LeaderScheduler(Scheduler):
         try:
             lease = runs.hold_lease(self.engine, self.holder, self.lease_seconds)
         except SQLAlchemyError as exc:
-            self._lead(False, f"database unreachable ({type(exc).__name__})")
+            self._lead(False, f"database error ({type(exc).__name__}), sending nothing")
             return self.renew_every
         self._lead(lease.leader, f"leader is {lease.holder}")
         if not lease.leader:
@@ -114,8 +114,9 @@ class LeaderScheduler(Scheduler):
                 self.send_due(job, now)
             except Exception:
                 log.exception("beat: sending %s failed; retrying next tick", job.name)
-        next_slot = min(job.next_slot(now) for job in self.jobs)
-        return max(0.01, min(self.renew_every, (next_slot - now).total_seconds()))
+        renewal = now + timedelta(seconds=self.renew_every)
+        next_event = min((job.next_slot(now) for job in self.jobs), default=renewal)
+        return max(0.01, min(self.renew_every, (next_event - now).total_seconds()))
 
     def send_due(self, job: Job, now: datetime) -> None:
         """Send each due slot of ``job`` that no run records yet, oldest first (a new job: its latest)."""

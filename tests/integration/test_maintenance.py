@@ -19,7 +19,7 @@ from app.maintenance import runs as beat_runs
 from app.maintenance.service import cleanup_old_sessions
 from app.tasks.maintenance import cleanup_old_sessions as cleanup_task
 from routing import names
-from tests.integration.conftest import WorkerProcess, queue_depth, wait_until
+from tests.integration.conftest import WorkerProcess, free_port, queue_depth, wait_until
 from tests.integration.test_cli import magnetiq
 
 
@@ -239,3 +239,14 @@ def test_a_slot_runs_again_only_on_redelivery_or_after_a_failure(database: Any) 
         "beat-a",
         {"result": "done"},
     )
+
+
+def test_schedule_commands_without_a_database_are_one_clear_line() -> None:
+    down = f"postgresql://postgres:s3cret@127.0.0.1:{free_port()}/x"
+    for command in (("schedule", "list"), ("schedule", "run", "expire-results")):
+        done = magnetiq(*command, DATABASE_URL=down)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1
+        assert "PostgreSQL is not reachable at postgresql+psycopg2://postgres:***@127.0.0.1" in lines[0]
+        assert "s3cret" not in done.stderr
