@@ -26,6 +26,7 @@ from app.db import engine_for
 from app.maintenance import runs
 from app.maintenance.schedule import Job, load_schedule
 from app.settings import get_settings
+from workers import metrics
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class LeaderScheduler(Scheduler):
             else:
                 log.info("beat: standby as %s; %s", self.holder, why)
         self.leading = leading
+        metrics.BEAT_LEADER.set(1 if leading else 0)
 
     def close(self) -> None:
         """Hand the lease over at once on a clean shutdown, then close publishing."""
@@ -152,7 +154,7 @@ class LeaderScheduler(Scheduler):
                 log.info("beat: released the lease")
             except SQLAlchemyError:
                 log.warning("beat: could not release the lease; it expires in %s s", self.lease_seconds)
-            self.leading = False
+            self._lead(False, "stopping")
         super().close()
 
     @property

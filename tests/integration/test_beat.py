@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
+from urllib.request import urlopen
 
 import pytest
 from kombu import Connection
@@ -15,7 +16,7 @@ from sqlalchemy import text
 
 from app.maintenance import runs as beat_runs
 from routing import names
-from tests.integration.conftest import WorkerProcess, wait_until, worker_env
+from tests.integration.conftest import WorkerProcess, free_port, wait_until, worker_env
 from tests.integration.test_cli import magnetiq
 
 #: Lease of the test beats: long enough that a loaded machine never makes a live leader lose it.
@@ -33,12 +34,13 @@ def start_beat(broker: Connection, database: Any, tmp_path: Path) -> Iterator[St
     """Start real ``python -m workers beat`` processes on a schedule of ``beat_schedules``."""
     started: list[WorkerProcess] = []
 
-    def start(schedule: str, lease: float = LEASE_SECONDS) -> WorkerProcess:
+    def start(schedule: str, lease: float = LEASE_SECONDS, **overrides: str) -> WorkerProcess:
         index = len(started)
         env = worker_env(
             MAINTENANCE_SCHEDULE=f"tests.integration.beat_schedules:{schedule}",
             BEAT_LEASE_SECONDS=str(lease),
             BEAT_SCHEDULE_FILE=str(tmp_path / f"beat-{index}.state"),
+            **overrides,
         )
         beat = WorkerProcess("beat", tmp_path / f"beat-{index}.log", env, [])
         started.append(beat)
@@ -113,15 +115,17 @@ def assert_each_slot_sent_once(broker: Connection, database: Any) -> list[tuple[
 
 
 def test_two_beats_send_each_slot_once(start_beat: StartBeat, broker: Connection, database: Any) -> None:
-    # given a leader and a standby on the same per-second schedule
-    first = start_beat("EVERY_SECOND")
+    # given a leader and a standby on the same per-second schedule, each serving /metrics
+    ports = [free_port(), free_port()]
+    first = start_beat("EVERY_SECOND", METRICS_PORT=str(ports[0]))
     wait_until(lambda: role(first) == "leading", PATIENCE, "the first beat to lead")
-    second = start_beat("EVERY_SECOND")
+    second = start_beat("EVERY_SECOND", METRICS_PORT=str(ports[1]))
     assert role(second) == "standby"
     both_up = db_now(database)
 
     # when both run for several slots
     wait_until(lambda: sent_after(database, both_up, 5), PATIENCE, "five slots with both beats up")
+    leader_metrics, standby_metrics = (scrape(port) for port in ports)
     second.stop()  # the standby first: a stopped leader hands its lease over at once
     first.stop()
 
@@ -129,6 +133,20 @@ def test_two_beats_send_each_slot_once(start_beat: StartBeat, broker: Connection
     recorded = assert_each_slot_sent_once(broker, database)
     assert {sent_by for _, sent_by in recorded} == {holder(first)}
     assert "beat: sent" not in second.log()
+
+    # and /metrics says which replica leads, and when the leader last published the job
+    assert "magnetiq_beat_leader 1.0" in leader_metrics.splitlines()
+    assert "magnetiq_beat_leader 0.0" in standby_metrics.splitlines()
+    last_run = 'magnetiq_beat_last_run_timestamp_seconds{name="app.tasks.maintenance.cleanup_old_sessions"}'
+    assert last_run in leader_metrics
+    assert last_run not in standby_metrics
+
+
+def scrape(port: int) -> str:
+    """The text of a beat's /metrics."""
+    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        body: bytes = response.read()
+        return body.decode()
 
 
 def test_standby_takes_over_from_a_killed_leader(
