@@ -35,12 +35,6 @@ class Job:
         if self.expires_seconds <= 0:
             raise ValueError(f"job {self.name!r}: expires_seconds must be positive")
 
-    def latest_slot(self, now: datetime) -> datetime:
-        """Return the newest slot at or before ``now`` (an aware UTC datetime)."""
-        # croniter's get_prev is strictly before its start: start a microsecond later.
-        previous: datetime = croniter(self.cron, now + timedelta(microseconds=1)).get_prev(datetime)
-        return previous
-
     def next_slot(self, now: datetime) -> datetime:
         """Return the first slot strictly after ``now``."""
         following: datetime = croniter(self.cron, now).get_next(datetime)
@@ -55,6 +49,7 @@ class Job:
         """
         horizon = now - timedelta(seconds=self.expires_seconds)
         slots: list[datetime] = []
+        # croniter's get_prev is strictly before its start: start a microsecond later.
         walker = croniter(self.cron, now + timedelta(microseconds=1))
         while len(slots) < MAX_DUE_SLOTS:
             slot: datetime = walker.get_prev(datetime)

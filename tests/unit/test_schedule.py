@@ -31,12 +31,10 @@ def test_a_slot_is_due_at_its_exact_time_and_until_its_grace_ends() -> None:
     assert DAILY.due_slots(at(4, 15)) == []
 
 
-def test_latest_and_next_slot_are_deterministic() -> None:
+def test_the_next_slot_is_strictly_after_now() -> None:
     # given any moment of the day
-    # when the latest and next slots are computed
-    # then they are the cron times around it, the exact time counting as latest
-    assert DAILY.latest_slot(at(3, 15)) == at(3, 15)
-    assert DAILY.latest_slot(at(3, 14)) == at(3, 15, day=23)
+    # when the next slot is computed
+    # then it is the following cron time, never now itself
     assert DAILY.next_slot(at(3, 15)) == at(3, 15, day=25)
     assert DAILY.next_slot(at(1, 0)) == at(3, 15)
 
