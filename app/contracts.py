@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 SEND_WELCOME_EMAIL = "app.tasks.email_tasks.send_welcome_email"
 PROCESS_PAYMENT = "app.tasks.booking_tasks.process_payment"
 CLEANUP_OLD_SESSIONS = "app.tasks.maintenance.cleanup_old_sessions"
+EXPIRE_RESULTS = "app.tasks.maintenance.expire_results"
+REPORT_DEAD_LETTERS = "app.tasks.maintenance.report_dead_letters"
 
 #: Every task name producers may publish.
-TASK_NAMES = (SEND_WELCOME_EMAIL, PROCESS_PAYMENT, CLEANUP_OLD_SESSIONS)
+TASK_NAMES = (SEND_WELCOME_EMAIL, PROCESS_PAYMENT, CLEANUP_OLD_SESSIONS, EXPIRE_RESULTS, REPORT_DEAD_LETTERS)
 
 #: A single-line string: no CR, LF or other control characters (header safety).
 SingleLine = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
@@ -42,6 +54,30 @@ class ProcessPaymentArgs(Arguments):
 
 class NoArgs(Arguments):
     """Arguments of a task that takes none."""
+
+
+class PeriodicArgs(Arguments):
+    """Arguments of a periodic maintenance task: the (job, slot) beat sent, or neither.
+
+    With both, the run is recorded once per (job, slot) in ``periodic_runs`` and
+    a duplicate message of the slot does nothing; with neither (a call by hand,
+    as in the seed) the task simply runs.
+    """
+
+    job: SingleLine | None = None
+    #: The slot as an ISO-8601 string with its offset (JSON has no datetime).
+    slot: Annotated[AwareDatetime | None, Field(strict=False)] = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Self:
+        if (self.job is None) != (self.slot is None):
+            raise ValueError("job and slot come together")
+        return self
+
+    @property
+    def recorded(self) -> tuple[str, datetime] | None:
+        """The (job, slot) this run is recorded under, or None for an unrecorded run."""
+        return None if self.job is None or self.slot is None else (self.job, self.slot)
 
 
 def validate_arguments(task_name: str, model: type[Arguments], values: dict[str, Any]) -> Arguments:

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     #: Beat's local state file.
     beat_schedule_file: str = "var/celerybeat-schedule"
+    #: Seconds a beat replica's leader lease lasts; the leader renews it every third of that,
+    #: and a standby takes over at most this long (plus a third) after the leader died.
+    beat_lease_seconds: float = Field(default=30.0, gt=0)
+    #: The periodic jobs, as ``module:NAME`` of a sequence of ``app.maintenance.schedule.Job``.
+    maintenance_schedule: str = "app.maintenance.schedule:SCHEDULE"
 
     #: ``false`` lets result writes return before PostgreSQL flushes them to
     #: disk: about 2.5x faster, and a database crash may lose the last fraction

@@ -15,6 +15,7 @@ from app.settings import Settings, get_settings, mask_url
 from routing import declare_topology
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
 from workers.profiles import PROFILES
+from workers.schedule_cli import schedule
 
 #: What to run when a service is down, shown with the error.
 START_HINTS = {
@@ -143,6 +144,8 @@ def run(no_beat: bool, mail_dir: Path) -> None:
     runner.loop()
     sys.exit(runner.returncode or 0)
 
+
+main.add_command(schedule)
 
 if __name__ == "__main__":
     main()
