@@ -40,7 +40,7 @@ def duration(seconds: float | None) -> str:
 
 #: Column titles of ``magnetiq status``, aligned with ``status_line``.
 STATUS_HEADER = (
-    f"{'queue':<12} {'ready':>7} {'unacked':>7} {'consumers':>9} {'oldest':>10} {'dlq':>6} {'dlq oldest':>10}"
+    f"{'queue':<12} {'ready':>7} {'unacked':>7} {'consumers':>9} {'dlq':>6} {'dlq oldest':>10}"
 )
 
 
@@ -49,7 +49,7 @@ def status_line(stats: QueueStats) -> str:
     unacked = "?" if stats.unacked is None else str(stats.unacked)
     return (
         f"{stats.name:<12} {stats.ready:>7} {unacked:>7} {stats.consumers:>9} "
-        f"{duration(stats.oldest_age):>10} {stats.dlq_ready:>6} {duration(stats.dlq_oldest_age):>10}"
+        f"{stats.dlq_ready:>6} {duration(stats.dlq_oldest_age):>10}"
     )
 
 
@@ -57,7 +57,7 @@ def status_line(stats: QueueStats) -> str:
 @click.option("--no-management", is_flag=True, help="Use AMQP only; do not ask the management API.")
 @click.option("--ping-timeout", default=2.0, show_default=True, help="Seconds to wait for workers to answer.")
 def status(no_management: bool, ping_timeout: float) -> None:
-    """Per queue: ready, unacked, consumers, oldest message age, DLQ depth; workers online."""
+    """Per queue: ready, unacked, consumers, DLQ depth and oldest DLQ message; workers online."""
     settings = get_settings()
     api = None if no_management else ManagementAPI.from_settings(settings)
     with broker_connection(settings) as connection:
@@ -68,7 +68,7 @@ def status(no_management: bool, ping_timeout: float) -> None:
         click.echo(status_line(row))
     if problem:
         click.echo(
-            f"unacked and oldest (work queues) unknown: {problem}; "
+            f"unacked unknown: {problem}; "
             "enable rabbitmq_management or set RABBITMQ_MANAGEMENT_URL"
         )
     nodes = sorted(node for reply in replies for node in reply)

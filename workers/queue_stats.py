@@ -1,19 +1,19 @@
 """Queue counts for ops: AMQP passive declares always, the RabbitMQ management API when reachable.
 
-AMQP gives ready messages and consumers only. Unacknowledged counts (and a
-work queue's oldest-message age, where the broker reports a head timestamp)
-come from the management HTTP API (plugin ``rabbitmq_management``); without
-it they are shown as unknown, with the reason. A DLQ's oldest age is read from
-the ``x-death`` time of its head message (``dead_letters.peek``, which leaves it
-there). Work queues are never peeked: every read would spend one of the
-message's deliveries against the queue's delivery limit.
+AMQP gives ready messages and consumers only. Unacknowledged counts come from
+the management HTTP API (plugin ``rabbitmq_management``); without it they are
+unknown, and the reason is given. A DLQ's oldest age is the ``x-death`` time
+of its head message (``dead_letters.peek``, which leaves it there). Work
+queues are never peeked: a read would spend one of the message's deliveries
+against the queue's delivery limit, and quorum queues report no head
+timestamp, so how long work waits is the ``magnetiq_task_queue_wait_seconds``
+histogram workers record as tasks start.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -80,8 +80,6 @@ class QueueStats:
     #: None when the management API is not available.
     unacked: int | None
     dlq_ready: int
-    #: Seconds the oldest waiting message has waited, None when unknown or empty.
-    oldest_age: float | None
     #: Seconds since the DLQ's head message was dead-lettered, None when empty.
     dlq_oldest_age: float | None
 
@@ -93,10 +91,10 @@ def passive_counts(connection: Connection, queue: str) -> tuple[int, int]:
     return int(ready), int(consumers)
 
 
-def head_age(info: dict[str, Any] | None, now: float) -> float | None:
-    """Age of a queue's head message from the management API, when the broker reports it."""
-    stamp = (info or {}).get("head_message_timestamp")
-    return max(0.0, now - float(stamp)) if isinstance(stamp, int | float) else None
+def unacked(info: dict[str, Any] | None) -> int | None:
+    """A queue's unacknowledged count from the API (absent until the broker first samples a new queue)."""
+    value = (info or {}).get("messages_unacknowledged")
+    return int(value) if isinstance(value, int) else None
 
 
 def read_stats(connection: Connection, api: ManagementAPI | None) -> tuple[list[QueueStats], str | None]:
@@ -112,21 +110,18 @@ def read_stats(connection: Connection, api: ManagementAPI | None) -> tuple[list[
             management = api.queues(connection.virtual_host)
         except ManagementUnavailable as exc:
             problem = str(exc)
-    now = time.time()
     stats = []
     for queue in names.WORK_QUEUES:
         ready, consumers = passive_counts(connection, queue)
         dlq_ready, _ = passive_counts(connection, names.dlq(queue))
         head = peek(connection, names.dlq(queue), limit=1) if dlq_ready else []
-        info = management.get(queue)
         stats.append(
             QueueStats(
                 name=queue,
                 ready=ready,
                 consumers=consumers,
-                unacked=int(info["messages_unacknowledged"]) if info else None,
+                unacked=unacked(management.get(queue)),
                 dlq_ready=dlq_ready,
-                oldest_age=head_age(info, now) if ready else None,
                 dlq_oldest_age=head[0].age() if head else None,
             )
         )
