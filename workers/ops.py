@@ -39,9 +39,7 @@ def duration(seconds: float | None) -> str:
 
 
 #: Column titles of ``magnetiq status``, aligned with ``status_line``.
-STATUS_HEADER = (
-    f"{'queue':<12} {'ready':>7} {'unacked':>7} {'consumers':>9} {'dlq':>6} {'dlq oldest':>10}"
-)
+STATUS_HEADER = f"{'queue':<12} {'ready':>7} {'unacked':>7} {'consumers':>9} {'dlq':>6} {'dlq oldest':>10}"
 
 
 def status_line(stats: QueueStats) -> str:
@@ -67,10 +65,7 @@ def status(no_management: bool, ping_timeout: float) -> None:
     for row in stats:
         click.echo(status_line(row))
     if problem:
-        click.echo(
-            f"unacked unknown: {problem}; "
-            "enable rabbitmq_management or set RABBITMQ_MANAGEMENT_URL"
-        )
+        click.echo(f"unacked unknown: {problem}; enable rabbitmq_management or set RABBITMQ_MANAGEMENT_URL")
     nodes = sorted(node for reply in replies for node in reply)
     click.echo(f"workers online ({len(nodes)}): {', '.join(nodes) if nodes else 'none'}")
 
