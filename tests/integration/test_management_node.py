@@ -1,4 +1,4 @@
-"""magnetiq status with the management API: a private RabbitMQ node with the plugin, started for this module.
+"""A private RabbitMQ node with the management plugin: status's unacked counts, the definitions import.
 
 The machine's broker may run without the management plugin (and its plugins
 are not ours to change), so this module starts a node of its own: own name,
@@ -7,12 +7,17 @@ ports, data directory and cookie, the same server binaries, stopped by pid.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner
@@ -21,11 +26,12 @@ from kombu import Connection
 from app.celery_app import celery_app
 from app.settings import get_settings
 from routing import declare_topology, names
-from tests.integration.conftest import _unavailable, free_port, wait_until
+from tests.integration.conftest import ROOT, _unavailable, free_port, wait_until
 from workers.cli import main
 from workers.queue_stats import ManagementAPI
 
 RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
 
 pytestmark = pytest.mark.slow
 
@@ -128,3 +134,63 @@ def test_status_reads_unacked_counts_from_the_management_api(node_broker: Connec
         holder.basic_reject(held.delivery_tag, requeue=True)
     output = CliRunner().invoke(main, ["status"]).output
     assert "unacked unknown" not in output
+
+
+def send(management_url: str, method: str, path: str, body: object) -> int:
+    """One write to the management API as guest; returns the HTTP status."""
+    request = urllib.request.Request(
+        f"{management_url}/api/{path}",
+        data=json.dumps(body).encode(),
+        method=method,
+        headers={"Content-Type": "application/json", "Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return int(response.status)
+
+
+def have_policies(api: ManagementAPI, vhost: str, queues: set[str]) -> bool:
+    """Whether every one of ``queues`` has a policy applied."""
+    return queues <= {name for name, info in api.queues(vhost).items() if info.get("policy")}
+
+
+def test_definitions_import_and_fit_the_fleets_topology(management_node: tuple[str, str]) -> None:
+    # given the broker definitions the deployments load (compose and Kubernetes mount this file)
+    if not DEFINITIONS.exists():
+        pytest.skip(f"{DEFINITIONS.relative_to(ROOT)} is not in this checkout")
+    definitions = json.loads(DEFINITIONS.read_text())
+    amqp_url, management_url = management_node
+    api = ManagementAPI(management_url, "guest", "guest")
+
+    # when a real node imports them
+    assert send(management_url, "POST", "definitions", definitions) in (200, 201, 204)
+
+    # then their vhosts, users and policies exist
+    assert {v["name"] for v in definitions.get("vhosts", [])} <= {v["name"] for v in api.get("vhosts")}
+    assert {u["name"] for u in definitions.get("users", [])} <= {u["name"] for u in api.get("users")}
+    policies = definitions.get("policies", [])
+    queue_policies = [p for p in policies if p.get("apply-to", "all") in ("all", "queues", "quorum_queues")]
+    assert {(p["vhost"], p["name"]) for p in policies} <= {
+        (p["vhost"], p["name"]) for p in api.get("policies")
+    }
+    # and in each vhost the fleet declares its topology over them without a conflict,
+    # every fleet queue a policy pattern matches getting a policy
+    for vhost in [v["name"] for v in definitions.get("vhosts", [])]:
+        send(
+            management_url,
+            "PUT",
+            f"permissions/{quote(vhost, safe='')}/guest",
+            {"configure": ".*", "write": ".*", "read": ".*"},
+        )
+        with Connection(f"{amqp_url.rstrip('/')}/{quote(vhost, safe='')}") as connection:
+            declared = declare_topology(connection)
+        queues = set(api.queues(vhost))
+        expected = {
+            name
+            for name in declared
+            if name in queues
+            and any(p["vhost"] == vhost and re.search(p["pattern"], name) for p in queue_policies)
+        }
+        # the API reports a queue's policy with its stats, a moment later
+        wait_until(
+            partial(have_policies, api, vhost, expected), 30, f"policies on {vhost} {sorted(expected)}", 0.5
+        )
