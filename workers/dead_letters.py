@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from amqp import Message, spec
+from amqp.exceptions import MessageNacked
 from kombu import Connection
 
 from routing import names, route_task
@@ -217,13 +218,18 @@ def replay(
                     continue
                 exchange, routing_key, work_queue = dead.route()
                 if not dry_run:
-                    target.basic_publish_confirm(
-                        dead.replay_message(),
-                        exchange=exchange,
-                        routing_key=routing_key,
-                        mandatory=True,
-                        confirm_timeout=CONFIRM_TIMEOUT,
-                    )
+                    try:
+                        target.basic_publish_confirm(
+                            dead.replay_message(),
+                            exchange=exchange,
+                            routing_key=routing_key,
+                            mandatory=True,
+                            confirm_timeout=CONFIRM_TIMEOUT,
+                        )
+                    except (MessageNacked, TimeoutError) as exc:
+                        raise ReplayError(
+                            f"message {dead.task_id}: the broker did not confirm it ({exc!r})"
+                        ) from exc
                     if returned:
                         raise ReplayError(f"message {dead.task_id}: {routing_key!r} is unroutable")
                     source.basic_ack(tag)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
+from amqp.exceptions import NotFound
 
 from app import contracts
 from app.celery_app import celery_app
@@ -59,7 +60,10 @@ def status(no_management: bool, ping_timeout: float) -> None:
     settings = get_settings()
     api = None if no_management else ManagementAPI.from_settings(settings)
     with broker_connection(settings) as connection:
-        stats, problem = read_stats(connection, api)
+        try:
+            stats, problem = read_stats(connection, api)
+        except NotFound as exc:
+            raise click.ClickException(f"{exc.reply_text}: run `magnetiq topology apply`") from exc
         replies = celery_app.control.ping(timeout=ping_timeout, connection=connection) or []
     click.echo(STATUS_HEADER)
     for row in stats:

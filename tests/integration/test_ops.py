@@ -10,8 +10,9 @@ from click.testing import CliRunner, Result
 from kombu import Connection
 
 from app import producer
+from app.celery_app import celery_app
 from app.settings import get_settings
-from routing import names
+from routing import declare_topology, names
 from tests.integration.conftest import WorkerProcess, free_port, queue_depth, wait_until
 from workers.cli import main
 from workers.dead_letters import REPLAYS_HEADER
@@ -226,3 +227,32 @@ def test_publish_refuses_what_would_fail(broker: Connection, args: list[str], er
     assert result.exit_code != 0
     assert error in result.output
     assert queue_depth(broker, names.BOOKING)[0] == 0
+
+
+def test_dlq_replay_stops_at_a_task_without_a_route(broker: Connection) -> None:
+    # given a dead-lettered message that names a task the fleet does not route
+    celery_app.send_task("old.task", task_id="legacy-1")  # unrouted: the default queue, booking
+    with broker.channel() as channel:
+        message = channel.basic_get(names.BOOKING, no_ack=False)
+        channel.basic_reject(message.delivery_tag, requeue=False)
+    settled(broker, 1)
+    # when the DLQ is replayed
+    output = magnetiq("dlq", "replay", "booking", code=1).output
+    # then the replay stops there with the reason, and the message stays dead-lettered
+    assert "message legacy-1: task 'old.task' has no route; not replayed" in output
+    settled(broker, 1)
+    assert queue_depth(broker, names.BOOKING)[0] == 0
+
+
+def test_status_says_how_to_declare_a_missing_queue(broker: Connection) -> None:
+    # given a vhost whose topology lost a queue
+    with broker.channel() as channel:
+        channel.queue_delete(names.dlq(names.MAINTENANCE))
+    try:
+        # when ops ask for the status
+        output = magnetiq("status", "--no-management", code=1).output
+        # then one line names the missing queue and the command that declares it
+        assert "maintenance.dlq" in output
+        assert "run `magnetiq topology apply`" in output
+    finally:
+        declare_topology(broker)
