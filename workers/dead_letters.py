@@ -30,12 +30,12 @@ from kombu import Connection
 
 from routing import names, route_task
 
-#: Headers the broker adds when it dead-letters; a replayed message starts without them.
-DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason")
-#: Header prefixes of the same kind.
-DEATH_PREFIXES = ("x-last-death-", "x-first-death-")
 #: Quorum queues' own delivery counter; the broker sets it.
 DELIVERY_COUNT = "x-delivery-count"
+#: Headers the broker adds when it dead-letters or redelivers; a replayed message starts without them.
+DEATH_HEADERS = ("x-death", DELIVERY_COUNT)
+#: Header prefixes of the same kind.
+DEATH_PREFIXES = ("x-first-death-", "x-last-death-")
 #: Header counting how often a message was replayed from a DLQ.
 REPLAYS_HEADER = "magnetiq-replays"
 #: Seconds to wait for the broker to confirm a replayed message.
@@ -77,18 +77,17 @@ class DeadLetter:
         """Read the fleet's and the broker's headers of a message taken from a DLQ."""
         properties = dict(message.properties)
         headers = dict(properties.pop("application_headers", None) or {})
-        deaths = headers.get("x-death") or [{}]
-        first = deaths[0]
-        died_at = first.get("time")
+        latest = (headers.get("x-death") or [{}])[0]  # the broker puts the latest death first
+        died_at = latest.get("time")
         if isinstance(died_at, datetime) and died_at.tzinfo is None:
             died_at = died_at.replace(tzinfo=UTC)
         return cls(
             task_id=headers.get("id"),
             task=headers.get("task"),
-            queue=first.get("queue") or headers.get("x-first-death-queue"),
-            reason=first.get("reason") or headers.get("x-first-death-reason"),
+            queue=latest.get("queue") or headers.get("x-first-death-queue"),
+            reason=latest.get("reason") or headers.get("x-first-death-reason"),
             died_at=died_at if isinstance(died_at, datetime) else None,
-            deaths=int(first.get("count", 1 if first else 0)),
+            deaths=int(latest.get("count", 1 if latest else 0)),
             headers=headers,
             properties=properties,
             body=bytes(message.body) if not isinstance(message.body, str) else message.body.encode(),
@@ -112,7 +111,7 @@ class DeadLetter:
         headers = {
             key: value
             for key, value in self.headers.items()
-            if key not in DEATH_HEADERS and key != DELIVERY_COUNT and not key.startswith(DEATH_PREFIXES)
+            if key not in DEATH_HEADERS and not key.startswith(DEATH_PREFIXES)
         }
         headers[REPLAYS_HEADER] = int(self.headers.get(REPLAYS_HEADER, 0)) + 1
         properties = {key: value for key, value in self.properties.items() if key != "expiration"}
@@ -123,11 +122,16 @@ class DeadLetter:
         """Return (exchange, routing key, work queue) the fleet's router gives this task now.
 
         Raises:
-            ReplayError: the message names no task the fleet routes.
+            ReplayError: the message names no task the fleet routes, or the
+                router now sends it to another queue than the one it died in.
         """
         route = route_task(self.task, None, None, None) if self.task else None
         if route is None:
             raise ReplayError(f"message {self.task_id}: task {self.task!r} has no route; not replayed")
+        if self.queue in names.WORK_QUEUES and route["queue"] != self.queue:
+            raise ReplayError(
+                f"message {self.task_id}: died in {self.queue} but {self.task} now routes to {route['queue']}"
+            )
         return route["exchange"], route["routing_key"], route["queue"]
 
 
