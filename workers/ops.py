@@ -68,7 +68,9 @@ def status(no_management: bool, ping_timeout: float) -> None:
     click.echo(STATUS_HEADER)
     for row in stats:
         click.echo(status_line(row))
-    if problem:
+    if api is None:
+        click.echo("unacked unknown: management API not asked (--no-management)")
+    elif problem:
         click.echo(f"unacked unknown: {problem}; enable rabbitmq_management or set RABBITMQ_MANAGEMENT_URL")
     nodes = sorted(node for reply in replies for node in reply)
     click.echo(f"workers online ({len(nodes)}): {', '.join(nodes) if nodes else 'none'}")

@@ -101,10 +101,10 @@ def read_stats(connection: Connection, api: ManagementAPI | None) -> tuple[list[
     """Read every work queue's counts.
 
     Returns:
-        The counts, and why the management API's figures are missing (None when present).
+        The counts, and why the management API's figures are missing (None when read or not asked).
     """
     management: dict[str, dict[str, Any]] = {}
-    problem = "management API not asked" if api is None else None
+    problem = None
     if api is not None:
         try:
             management = api.queues(connection.virtual_host)

@@ -108,6 +108,7 @@ def test_status_lists_the_workers_online(start_worker: Callable[..., WorkerProce
     output = magnetiq("status", "--no-management").output
     # then the worker answers by node name and its queue shows one consumer
     assert "workers online (1): maintenance@" in output
+    assert "unacked unknown: management API not asked (--no-management)" in output
     assert rows(output)["maintenance"][2] == "1"
 
 
