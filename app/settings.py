@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/magnetiq"
     #: Defaults to ``database_url``.
     celery_result_backend: str | None = None
+    #: RabbitMQ management API for ``magnetiq status`` (unacked counts); unset: the broker's host, port 15672.
+    rabbitmq_management_url: str | None = None
 
     #: Unset means "no real server": the local sink on 127.0.0.1 (``magnetiq run`` starts one).
     smtp_host: str | None = None
