@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Annotated, Any
+from datetime import date, datetime
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, Strict, StringConstraints, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    Strict,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 SEND_WELCOME_EMAIL = "app.tasks.email_tasks.send_welcome_email"
 PROCESS_PAYMENT = "app.tasks.booking_tasks.process_payment"
@@ -18,6 +28,8 @@ FINISH_BOOKING_IMPORT = "app.tasks.booking_tasks.finish_booking_import"
 EXPORT_BOOKING_CALENDARS = "app.tasks.booking_tasks.export_booking_calendars"
 RECONCILE_PAYMENTS = "app.tasks.booking_tasks.reconcile_payments"
 CLEANUP_OLD_SESSIONS = "app.tasks.maintenance.cleanup_old_sessions"
+EXPIRE_RESULTS = "app.tasks.maintenance.expire_results"
+REPORT_DEAD_LETTERS = "app.tasks.maintenance.report_dead_letters"
 
 #: Every task name producers may publish.
 TASK_NAMES = (
@@ -32,6 +44,8 @@ TASK_NAMES = (
     EXPORT_BOOKING_CALENDARS,
     RECONCILE_PAYMENTS,
     CLEANUP_OLD_SESSIONS,
+    EXPIRE_RESULTS,
+    REPORT_DEAD_LETTERS,
 )
 
 #: A single-line string: no CR, LF or other control characters (header safety).
@@ -112,6 +126,30 @@ class ReconcileArgs(Arguments):
 
 class NoArgs(Arguments):
     """Arguments of a task that takes none."""
+
+
+class PeriodicArgs(Arguments):
+    """Arguments of a periodic maintenance task: the (job, slot) beat sent, or neither.
+
+    With both, the run is recorded once per (job, slot) in ``periodic_runs`` and
+    a duplicate message of the slot does nothing; with neither (a call by hand,
+    as in the seed) the task simply runs.
+    """
+
+    job: SingleLine | None = None
+    #: The slot as an ISO-8601 string with its offset (JSON has no datetime).
+    slot: Annotated[AwareDatetime | None, Field(strict=False)] = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Self:
+        if (self.job is None) != (self.slot is None):
+            raise ValueError("job and slot come together")
+        return self
+
+    @property
+    def recorded(self) -> tuple[str, datetime] | None:
+        """The (job, slot) this run is recorded under, or None for an unrecorded run."""
+        return None if self.job is None or self.slot is None else (self.job, self.slot)
 
 
 def validate_arguments(task_name: str, model: type[Arguments], values: dict[str, Any]) -> Arguments:
