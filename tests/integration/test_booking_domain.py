@@ -372,3 +372,20 @@ def test_cancelling_a_pending_booking_fails_its_uncharged_payment(
     assert rows(database, "SELECT status, failure_reason FROM payments")[0] == ("failed", "cancelled")
     assert scalar(database, "SELECT status_reason FROM bookings") == "cancelled by request"
     assert notifier.kinds() == ["cancellation"]
+
+
+def test_paid_booking_without_a_provider_fails_and_stays_pending(database: Any) -> None:
+    # given no payment provider configured
+    seeded = seed(database)
+    unconfigured = HttpPaymentProvider(None)
+
+    # when a paid booking is placed, it fails; a free one still books
+    with pytest.raises(PaymentProviderNotConfigured):
+        _book(database, unconfigured, RecordingNotifier(), "NP-1", seeded.slot_ids[0], seeded.user_id)
+    free = _book(database, unconfigured, RecordingNotifier(), "NP-2", seeded.slot_ids[1], seeded.user_id, 0)
+
+    # then the paid one is left pending (for expiry), uncharged, unmailed
+    assert free == "Booking NP-2 confirmed"
+    statuses = {r.reference: r.status for r in rows(database, "SELECT reference, status FROM bookings")}
+    assert statuses == {"NP-1": "pending", "NP-2": "confirmed"}
+    assert scalar(database, "SELECT status FROM payments") == "pending"
