@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Self
 
 from pydantic import (
@@ -11,6 +11,7 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
+    Strict,
     StringConstraints,
     ValidationError,
     model_validator,
@@ -18,12 +19,34 @@ from pydantic import (
 
 SEND_WELCOME_EMAIL = "app.tasks.email_tasks.send_welcome_email"
 PROCESS_PAYMENT = "app.tasks.booking_tasks.process_payment"
+PROCESS_BOOKING = "app.tasks.booking_tasks.process_booking"
+CANCEL_BOOKING = "app.tasks.booking_tasks.cancel_booking"
+SEND_BOOKING_REMINDERS = "app.tasks.booking_tasks.send_booking_reminders"
+IMPORT_BOOKINGS = "app.tasks.booking_tasks.import_bookings"
+IMPORT_BOOKING_CHUNK = "app.tasks.booking_tasks.import_booking_chunk"
+FINISH_BOOKING_IMPORT = "app.tasks.booking_tasks.finish_booking_import"
+EXPORT_BOOKING_CALENDARS = "app.tasks.booking_tasks.export_booking_calendars"
+RECONCILE_PAYMENTS = "app.tasks.booking_tasks.reconcile_payments"
 CLEANUP_OLD_SESSIONS = "app.tasks.maintenance.cleanup_old_sessions"
 EXPIRE_RESULTS = "app.tasks.maintenance.expire_results"
 REPORT_DEAD_LETTERS = "app.tasks.maintenance.report_dead_letters"
 
 #: Every task name producers may publish.
-TASK_NAMES = (SEND_WELCOME_EMAIL, PROCESS_PAYMENT, CLEANUP_OLD_SESSIONS, EXPIRE_RESULTS, REPORT_DEAD_LETTERS)
+TASK_NAMES = (
+    SEND_WELCOME_EMAIL,
+    PROCESS_PAYMENT,
+    PROCESS_BOOKING,
+    CANCEL_BOOKING,
+    SEND_BOOKING_REMINDERS,
+    IMPORT_BOOKINGS,
+    IMPORT_BOOKING_CHUNK,
+    FINISH_BOOKING_IMPORT,
+    EXPORT_BOOKING_CALENDARS,
+    RECONCILE_PAYMENTS,
+    CLEANUP_OLD_SESSIONS,
+    EXPIRE_RESULTS,
+    REPORT_DEAD_LETTERS,
+)
 
 #: A single-line string: no CR, LF or other control characters (header safety).
 SingleLine = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
@@ -50,6 +73,55 @@ class ProcessPaymentArgs(Arguments):
     """Arguments of ``process_payment``."""
 
     payment_id: Annotated[int, Field(gt=0)]
+
+
+#: A positive database id.
+Id = Annotated[int, Field(gt=0)]
+
+
+class ProcessBookingArgs(Arguments):
+    """Arguments of ``process_booking``; ``reference`` is the booking's idempotency key."""
+
+    reference: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+    user_id: Id
+    slot_id: Id
+    #: 0 books for free (no payment); otherwise the charge in minor units.
+    amount_cents: Annotated[int, Field(ge=0, le=100_000_000)]
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = "EUR"
+
+
+class CancelBookingArgs(Arguments):
+    """Arguments of ``cancel_booking``."""
+
+    booking_id: Id
+    reason: SingleLine | None = None
+
+
+class BookingRemindersArgs(Arguments):
+    """Arguments of ``send_booking_reminders``: the UTC day (``YYYY-MM-DD``) whose bookings to remind."""
+
+    day: Annotated[date, Strict(False)]
+
+
+class ImportArgs(Arguments):
+    """Arguments of ``import_bookings`` and ``finish_booking_import``."""
+
+    import_id: Id
+
+
+class ImportChunkArgs(Arguments):
+    """Arguments of ``import_booking_chunk``."""
+
+    import_id: Id
+    chunk: Annotated[int, Field(ge=0)]
+
+
+class ReconcileArgs(Arguments):
+    """Arguments of ``reconcile_payments``: a statement file on the workers' shared volume."""
+
+    statement_path: Annotated[
+        str, StringConstraints(min_length=1, max_length=1000, pattern=r"^[^\x00-\x1f\x7f]*$")
+    ]
 
 
 class NoArgs(Arguments):

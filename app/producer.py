@@ -21,8 +21,11 @@ from app.publisher import PublishError, enqueue_many
 __all__ = [
     "PublishError",
     "enqueue",
+    "enqueue_cancel_booking",
     "enqueue_cleanup_old_sessions",
+    "enqueue_import_bookings",
     "enqueue_many",
+    "enqueue_process_booking",
     "enqueue_process_payment",
     "enqueue_welcome_email",
 ]
@@ -48,6 +51,36 @@ def enqueue_welcome_email(user_email: str, user_name: str) -> AsyncResult[Any]:
 def enqueue_process_payment(payment_id: int) -> AsyncResult[Any]:
     """Queue processing of a pending payment (idempotent)."""
     return enqueue(contracts.PROCESS_PAYMENT, contracts.ProcessPaymentArgs, payment_id=payment_id)
+
+
+def enqueue_process_booking(
+    reference: str, user_id: int, slot_id: int, amount_cents: int, currency: str = "EUR"
+) -> AsyncResult[Any]:
+    """Queue a booking: reserve the slot, charge ``amount_cents`` (0: free), confirm, email.
+
+    ``reference`` is the booking's idempotency key: publishing it again books nothing new.
+    """
+    return enqueue(
+        contracts.PROCESS_BOOKING,
+        contracts.ProcessBookingArgs,
+        reference=reference,
+        user_id=user_id,
+        slot_id=slot_id,
+        amount_cents=amount_cents,
+        currency=currency,
+    )
+
+
+def enqueue_cancel_booking(booking_id: int, reason: str | None = None) -> AsyncResult[Any]:
+    """Queue a cancellation (refund when paid, cancellation email)."""
+    return enqueue(
+        contracts.CANCEL_BOOKING, contracts.CancelBookingArgs, booking_id=booking_id, reason=reason
+    )
+
+
+def enqueue_import_bookings(import_id: int) -> AsyncResult[Any]:
+    """Queue the import of an uploaded CSV stored with ``app.booking.imports.create_import``."""
+    return enqueue(contracts.IMPORT_BOOKINGS, contracts.ImportArgs, import_id=import_id)
 
 
 def enqueue_cleanup_old_sessions() -> AsyncResult[Any]:

@@ -7,6 +7,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -63,7 +65,8 @@ sessions = Table(
     Index("ix_sessions_created_at", "created_at"),
 )
 
-#: Payments; ``status`` moves from ``pending`` to ``processed`` exactly once.
+#: Payments; ``status`` moves from ``pending`` to ``processed`` (charged) exactly once,
+#: then perhaps to ``refunded``; a declined charge ends ``failed``.
 payments = Table(
     "payments",
     metadata,
@@ -73,8 +76,20 @@ payments = Table(
     Column("status", String(20), nullable=False, server_default=text("'pending'")),
     Column("processed_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("booking_id", BigInteger, ForeignKey("bookings.id")),
+    #: The key the provider deduplicates charges by: one payment, one charge.
+    Column("idempotency_key", String(200)),
+    Column("provider_reference", String(100)),
+    Column("failure_reason", String(200)),
+    Column("refund_reference", String(100)),
+    Column("refunded_at", DateTime(timezone=True)),
+    Column("reconciled_at", DateTime(timezone=True)),
     CheckConstraint("amount_cents > 0", name="amount_positive"),
     CheckConstraint("status IN ('pending', 'processed', 'failed', 'refunded')", name="status_known"),
+    CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency_iso"),
+    UniqueConstraint("idempotency_key"),
+    UniqueConstraint("provider_reference"),
+    UniqueConstraint("booking_id"),
 )
 
 #: One row per email the fleet has been asked to send, keyed by its idempotency
@@ -124,4 +139,108 @@ periodic_runs = Table(
     Column("detail", JSONB),
     PrimaryKeyConstraint("job", "slot"),
     CheckConstraint("status IN ('sent', 'started', 'succeeded', 'failed')", name="status_known"),
+)
+
+#: People who book; the product's users, keyed by email for imports.
+users = Table(
+    "users",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("email", String(254), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("email"),
+)
+
+#: Bookable things (rooms, desks, people); each has its own calendar feed.
+resources = Table(
+    "resources",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("name"),
+)
+
+#: A resource's bookable intervals; at most one confirmed booking each.
+time_slots = Table(
+    "time_slots",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("resource_id", BigInteger, ForeignKey("resources.id"), nullable=False),
+    Column("starts_at", DateTime(timezone=True), nullable=False),
+    Column("ends_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("resource_id", "starts_at", name="uq_time_slots_resource_start"),
+    CheckConstraint("ends_at > starts_at", name="ends_after_start"),
+    Index("ix_time_slots_starts_at", "starts_at"),
+)
+
+#: Bookings: ``pending`` -> ``confirmed`` -> ``cancelled`` / ``expired`` (a pending one may
+#: also be cancelled or expire). ``reference`` is the producer's idempotency key.
+bookings = Table(
+    "bookings",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("reference", String(64), nullable=False),
+    Column("user_id", BigInteger, ForeignKey("users.id"), nullable=False),
+    Column("slot_id", BigInteger, ForeignKey("time_slots.id"), nullable=False),
+    Column("status", String(20), nullable=False, server_default=text("'pending'")),
+    Column("source", String(20), nullable=False, server_default=text("'api'")),
+    Column("status_reason", String(100)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("confirmed_at", DateTime(timezone=True)),
+    Column("closed_at", DateTime(timezone=True)),
+    Column("confirmation_queued_at", DateTime(timezone=True)),
+    Column("reminder_queued_at", DateTime(timezone=True)),
+    Column("cancellation_queued_at", DateTime(timezone=True)),
+    UniqueConstraint("reference"),
+    CheckConstraint("status IN ('pending', 'confirmed', 'cancelled', 'expired')", name="status_known"),
+    CheckConstraint("status <> 'confirmed' OR confirmed_at IS NOT NULL", name="confirmed_has_time"),
+    CheckConstraint("source IN ('api', 'import')", name="source_known"),
+    # The database, not Python, refuses a second confirmed booking of one slot.
+    Index(
+        "uq_bookings_confirmed_slot", "slot_id", unique=True, postgresql_where=text("status = 'confirmed'")
+    ),
+    Index("ix_bookings_status_created_at", "status", "created_at"),
+    Index("ix_bookings_user_id", "user_id"),
+)
+
+#: CSV files of bookings uploaded by staff, imported by ``import_bookings``.
+booking_imports = Table(
+    "booking_imports",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("filename", String(255), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("status", String(20), nullable=False, server_default=text("'uploaded'")),
+    Column("total_rows", Integer),
+    Column("chunk_count", Integer),
+    Column("imported_rows", Integer),
+    Column("error_rows", Integer),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True)),
+    CheckConstraint("status IN ('uploaded', 'importing', 'completed')", name="status_known"),
+)
+
+#: One row per chunk of valid rows; ``done`` once its bookings are in.
+booking_import_chunks = Table(
+    "booking_import_chunks",
+    metadata,
+    Column("import_id", BigInteger, ForeignKey("booking_imports.id", ondelete="CASCADE"), nullable=False),
+    Column("chunk", Integer, nullable=False),
+    Column("lines", JSONB, nullable=False),
+    Column("status", String(20), nullable=False, server_default=text("'pending'")),
+    Column("imported", Integer),
+    PrimaryKeyConstraint("import_id", "chunk"),
+    CheckConstraint("status IN ('pending', 'done')", name="status_known"),
+)
+
+#: Per-row problems of an import (validation or conflicts), by CSV line number.
+booking_import_errors = Table(
+    "booking_import_errors",
+    metadata,
+    Column("import_id", BigInteger, ForeignKey("booking_imports.id", ondelete="CASCADE"), nullable=False),
+    Column("line", Integer, nullable=False),
+    Column("message", Text, nullable=False),
+    PrimaryKeyConstraint("import_id", "line"),
 )

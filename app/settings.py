@@ -77,6 +77,15 @@ class Settings(BaseSettings):
     #: Directory of the liveness and readiness files (``workers.health``).
     health_dir: str | None = None
 
+    #: Base URL of the payment provider's API; unset means no charge can be made.
+    payment_provider_url: str | None = None
+    #: Seconds for connecting to the payment provider and for each reply.
+    payment_provider_timeout: float = Field(default=10.0, gt=0)
+    #: Directory the per-resource iCalendar feeds are written to.
+    calendar_export_dir: str = "var/calendars"
+    #: Valid rows of a booking import booked per chunk task.
+    booking_import_chunk_size: int = Field(default=200, gt=0)
+
     #: Worker and beat log level.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     #: Beat's local state file.

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, select
 
+from app.booking.bookings import begin_locked, charge_payment
+from app.booking.provider import PaymentDeclined, PaymentProvider
 from app.schema import payments
+
+#: What processing a payment did: charged it now, found it final, or was declined now.
+Outcome = Literal["processed", "already", "declined"]
 
 
 class PaymentNotFound(LookupError):
@@ -16,11 +21,8 @@ class PaymentNotFound(LookupError):
 class PaymentRepository(Protocol):
     """Where payments live."""
 
-    def mark_processed(self, payment_id: int) -> bool:
-        """Move a pending payment to ``processed``.
-
-        Returns:
-            True if this call processed it, False if it was already processed.
+    def process(self, payment_id: int) -> Outcome:
+        """Charge a pending payment once; a final one (processed, failed, refunded) is left alone.
 
         Raises:
             PaymentNotFound: no such payment.
@@ -28,24 +30,25 @@ class PaymentRepository(Protocol):
 
 
 class SqlPaymentRepository:
-    """Payments in PostgreSQL; the row lock makes concurrent calls process once."""
+    """Payments in PostgreSQL; the row lock makes concurrent calls charge once."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, provider: PaymentProvider) -> None:
         self._engine = engine
+        self._provider = provider
 
-    def mark_processed(self, payment_id: int) -> bool:
-        """Process the payment under a row lock (see ``PaymentRepository``)."""
+    def process(self, payment_id: int) -> Outcome:
+        """Charge the payment under a row lock (see ``PaymentRepository``)."""
         with self._engine.begin() as connection:
-            status = connection.execute(
-                select(payments.c.status).where(payments.c.id == payment_id).with_for_update()
-            ).scalar()
-            if status is None:
+            begin_locked(connection)
+            payment = connection.execute(
+                select(payments).where(payments.c.id == payment_id).with_for_update()
+            ).first()
+            if payment is None:
                 raise PaymentNotFound(f"payment {payment_id} does not exist")
-            if status == "processed":
-                return False
-            connection.execute(
-                update(payments)
-                .where(payments.c.id == payment_id)
-                .values(status="processed", processed_at=func.now())
-            )
-            return True
+            if payment.status != "pending":
+                return "already"
+            try:
+                charge_payment(connection, self._provider, payment, f"payment {payment_id}")
+            except PaymentDeclined:
+                return "declined"
+            return "processed"

@@ -1,4 +1,4 @@
-"""Booking and payment use cases, given their repositories."""
+"""Payment use cases, given their repository (bookings: ``app.booking.bookings``)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ ALREADY_PROCESSED = "Already processed"
 
 
 def process_payment(repository: PaymentRepository, payment_id: int) -> str:
-    """Process a pending payment once; a repeat call changes nothing.
+    """Charge a pending payment once; a repeat call changes nothing.
 
     Returns:
-        ``"Payment <id> processed"`` the first time, ``"Already processed"`` after.
+        ``"Payment <id> processed"`` the first time, ``"Payment <id> declined"``
+        when the provider refused it, ``"Already processed"`` after.
     """
-    if repository.mark_processed(payment_id):
+    outcome = repository.process(payment_id)
+    if outcome == "processed":
         return f"Payment {payment_id} processed"
+    if outcome == "declined":
+        return f"Payment {payment_id} declined"
     return ALREADY_PROCESSED

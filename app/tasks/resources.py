@@ -6,6 +6,7 @@ from functools import lru_cache
 
 from sqlalchemy import Engine
 
+from app.booking.provider import HttpPaymentProvider
 from app.db import engine_for
 from app.mail.render import Renderer
 from app.mail.service import MailService
@@ -20,6 +21,13 @@ on_smtp_send: SendObserver | None = None
 def engine() -> Engine:
     """The domain database engine of this process."""
     return engine_for(get_settings().database_url)
+
+
+@lru_cache(maxsize=1)
+def payment_provider() -> HttpPaymentProvider:
+    """The payment provider client (``PAYMENT_PROVIDER_URL``)."""
+    settings = get_settings()
+    return HttpPaymentProvider(settings.payment_provider_url, timeout=settings.payment_provider_timeout)
 
 
 @lru_cache(maxsize=1)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.migrate import upgrade
+from tests.bench.booking_flow import Flow, measure_booking_flow
 from tests.bench.harness import Bench, Drain, measure_drain
 from tests.bench.latency import measure_latency
 from tests.bench.publish import measure_publish
@@ -40,6 +41,7 @@ SIZES = {
         "gevent_plain": 300,
         "publish": 20000,
         "latency": 1000,
+        "booking_flow": 2000,
     },
     "quick": {
         "fleet": 40,
@@ -49,6 +51,7 @@ SIZES = {
         "gevent_plain": 10,
         "publish": 200,
         "latency": 20,
+        "booking_flow": 20,
     },
 }
 
@@ -95,7 +98,9 @@ def free_port() -> str:
         return str(sock.getsockname()[1])
 
 
-Measure = Callable[[Bench], "float | Drain"]
+Measure = Callable[[Bench], "float | Drain | Flow"]
+#: The measurement behind the booking-flow rows (no baseline: an absolute figure).
+BOOKING_FLOW = "fleet booking flow"
 
 
 def measurements(size: dict[str, int]) -> dict[str, Measure]:
@@ -140,6 +145,9 @@ def measurements(size: dict[str, int]) -> dict[str, Measure]:
         "raw py-amqp streamed confirms": lambda b: measure_publish(b, size["publish"], "raw"),
         "fleet latency p99": lambda b: measure_latency(b, FLEET, fleet_booking, size["latency"], 200)["p99"],
         "plain latency p99": lambda b: measure_latency(b, PLAIN, plain_booking, size["latency"], 200)["p99"],
+        BOOKING_FLOW: lambda b: measure_booking_flow(
+            b, fleet_booking, size["booking_flow"], BOOKING.effective_concurrency
+        ),
     }
 
 
@@ -219,6 +227,17 @@ def run(bench: Bench, todo: dict[str, Measure], reps: int) -> dict[str, list[dic
                     f"{value.n} tasks in {value.seconds:.2f}s, {value.rows} result rows, "
                     f"peak {sample['peak_mib']:.0f} MiB/process"
                 )
+            elif isinstance(value, Flow):
+                sample = {
+                    "value": value.rate,
+                    "n": value.n,
+                    "db_ms": value.db_ms_per_booking,
+                    "db_share": value.db_share,
+                }
+                detail = (
+                    f"{value.n} bookings in {value.seconds:.2f}s, {value.db_ms_per_booking:.2f} ms in "
+                    f"PostgreSQL per booking ({value.db_share:.0%} of worker time)"
+                )
             else:
                 sample = {"value": float(value)}
                 detail = ""
@@ -264,6 +283,16 @@ def table(samples: dict[str, list[dict[str, float]]]) -> tuple[list[str], bool]:
         peak = median(runs, "peak_mib")
         if peak is not None:
             lines.append(f"| {name} | {median(runs):,.0f} | {peak:,.0f} MiB |")
+    if BOOKING_FLOW in samples:
+        runs = samples[BOOKING_FLOW]
+        lines += [
+            "",
+            "| booking flow: booking -> payment -> confirmation email | bookings/s "
+            "| PostgreSQL ms per booking | share of worker time in PostgreSQL |",
+            "| --- | ---: | ---: | ---: |",
+            f"| booking flow, booking profile | {median(runs):,.1f} | {median(runs, 'db_ms'):,.2f} "
+            f"| {median(runs, 'db_share'):.0%} |",
+        ]
     return lines, all_met
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
@@ -27,6 +28,7 @@ from app.settings import get_settings
 from routing import declare_topology, names
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
 from tests.conftest import TEST_BROKER_URL, TEST_DATABASE_URL
+from tests.payment_provider import Ledger, running_provider
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_QUEUES = [q.name for q in (*TASK_QUEUES, *DEAD_LETTER_QUEUES)]
@@ -105,8 +107,10 @@ def clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     connection = request.getfixturevalue("broker")
     engine = request.getfixturevalue("database")
+    provider: tuple[str, Ledger] = request.getfixturevalue("payment_provider")
 
     def reset() -> None:
+        provider[1].reset()
         purge_all(connection)
         with engine.begin() as db:
             db.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY"))
@@ -138,6 +142,30 @@ class SmtpSink:
         """Wait until at least ``count`` messages arrived."""
         wait_until(lambda: len(self.messages) >= count, timeout, f"{count} emails")
         return self.messages
+
+
+_provider_stack = ExitStack()
+_provider: list[tuple[str, Ledger]] = []
+
+
+def shared_provider() -> tuple[str, Ledger]:
+    """The tests' payment provider (real HTTP on loopback), started on first use: (base URL, ledger)."""
+    if not _provider:
+        _provider.append(_provider_stack.enter_context(running_provider()))
+    return _provider[0]
+
+
+@pytest.fixture(scope="session")
+def payment_provider() -> Iterator[tuple[str, Ledger]]:
+    """The payment provider every test worker charges (``worker_env`` points them at it)."""
+    yield shared_provider()
+    _provider_stack.close()
+
+
+@pytest.fixture
+def ledger(payment_provider: tuple[str, Ledger]) -> Ledger:
+    """The payment provider's ledger (emptied before each integration test by ``clean_state``)."""
+    return payment_provider[1]
 
 
 def free_port() -> int:
@@ -204,7 +232,13 @@ class WorkerProcess:
 def worker_env(**overrides: str) -> dict[str, str]:
     """The environment a worker process of the tests runs with."""
     env = dict(os.environ)
-    env.update({"CELERY_BROKER_URL": TEST_BROKER_URL, "DATABASE_URL": TEST_DATABASE_URL})
+    env.update(
+        {
+            "CELERY_BROKER_URL": TEST_BROKER_URL,
+            "DATABASE_URL": TEST_DATABASE_URL,
+            "PAYMENT_PROVIDER_URL": shared_provider()[0],
+        }
+    )
     env.update(overrides)
     return env
 

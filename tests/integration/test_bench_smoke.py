@@ -59,3 +59,11 @@ def test_bench_runs_every_figure_and_prints_the_table(broker: Connection, databa
     for name, tasks, rows in drains:
         expected = 1 if "ignored" in name else int(tasks) + 1
         assert int(rows) == expected, name
+    # the booking flow booked, charged and queued an email for every booking (the harness checks), and says so
+    assert re.search(
+        r"\] fleet booking flow +[\d,.]+ +20 bookings in [\d.]+s, [\d.]+ ms in PostgreSQL", done.stderr
+    )
+    flow_rows = [
+        line for line in done.stdout.splitlines() if line.startswith("| booking flow, booking profile | ")
+    ]
+    assert len(flow_rows) == 1, done.stdout

@@ -16,6 +16,7 @@ from app.contracts import InvalidTaskArguments
 from app.tasks.booking_tasks import process_payment
 from routing import names
 from tests.integration.conftest import WorkerProcess, queue_depth, wait_until
+from tests.payment_provider import Ledger
 
 
 @pytest.fixture(scope="module")
@@ -32,20 +33,39 @@ def _payment(database: Any, amount_cents: int = 1200) -> int:
         )
 
 
-def test_second_run_returns_already_processed(booking_worker: WorkerProcess, database: Any) -> None:
+def test_second_run_returns_already_processed(
+    booking_worker: WorkerProcess, database: Any, ledger: Ledger
+) -> None:
     payment_id = _payment(database)
     assert process_payment.delay(payment_id).get(timeout=30) == f"Payment {payment_id} processed"
     assert producer.enqueue_process_payment(payment_id).get(timeout=30) == "Already processed"
     with database.connect() as db:
         status = db.execute(text("SELECT status FROM payments WHERE id = :id"), {"id": payment_id}).scalar()
     assert status == "processed"
+    assert len(ledger.charges) == 1
 
 
-def test_concurrent_duplicates_process_once(booking_worker: WorkerProcess, database: Any) -> None:
+def test_concurrent_duplicates_process_once(
+    booking_worker: WorkerProcess, database: Any, ledger: Ledger
+) -> None:
     payment_id = _payment(database)
     results = [process_payment.delay(payment_id) for _ in range(6)]
     outcomes = sorted(r.get(timeout=30) for r in results)
     assert outcomes == ["Already processed"] * 5 + [f"Payment {payment_id} processed"]
+    assert len(ledger.charges) == 1 and ledger.requests == 1
+
+
+def test_declined_payment_is_recorded_once(
+    booking_worker: WorkerProcess, database: Any, ledger: Ledger
+) -> None:
+    payment_id = _payment(database, amount_cents=4002)
+    ledger.declined.add(4002)
+    assert process_payment.delay(payment_id).get(timeout=30) == f"Payment {payment_id} declined"
+    assert process_payment.delay(payment_id).get(timeout=30) == "Already processed"
+    with database.connect() as db:
+        status = db.execute(text("SELECT status FROM payments WHERE id = :id"), {"id": payment_id}).scalar()
+    assert status == "failed"
+    assert ledger.charges == {}
 
 
 @pytest.mark.parametrize("bad", ["abc", -5, 0, 1.5])

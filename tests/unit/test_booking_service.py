@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import pytest
 
-from app.booking.repository import PaymentNotFound
+from app.booking.repository import Outcome, PaymentNotFound
 from app.booking.service import ALREADY_PROCESSED, process_payment
 
 
 class InMemoryPayments:
     """A PaymentRepository keeping payment statuses in a dict."""
 
-    def __init__(self, statuses: dict[int, str]) -> None:
+    def __init__(self, statuses: dict[int, str], declines: frozenset[int] = frozenset()) -> None:
         self.statuses = dict(statuses)
+        self.declines = declines
 
-    def mark_processed(self, payment_id: int) -> bool:
+    def process(self, payment_id: int) -> Outcome:
         status = self.statuses.get(payment_id)
         if status is None:
             raise PaymentNotFound(f"payment {payment_id} does not exist")
-        if status == "processed":
-            return False
+        if status != "pending":
+            return "already"
+        if payment_id in self.declines:
+            self.statuses[payment_id] = "failed"
+            return "declined"
         self.statuses[payment_id] = "processed"
-        return True
+        return "processed"
 
 
 def test_first_call_processes_the_payment() -> None:
@@ -68,3 +72,15 @@ def test_missing_payment_propagates_not_found() -> None:
     # then PaymentNotFound reaches the caller
     with pytest.raises(PaymentNotFound, match="404"):
         process_payment(payments, 404)
+
+
+def test_declined_payment_is_reported_then_final() -> None:
+    # given a pending payment the provider will decline
+    payments = InMemoryPayments({3: "pending"}, declines=frozenset({3}))
+
+    # when it is processed twice
+    first, second = process_payment(payments, 3), process_payment(payments, 3)
+
+    # then the decline is reported once and the payment stays failed
+    assert (first, second) == ("Payment 3 declined", "Already processed")
+    assert payments.statuses == {3: "failed"}

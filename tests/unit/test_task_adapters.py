@@ -41,12 +41,12 @@ class InMemoryPayments:
     def __init__(self, statuses: dict[int, str]) -> None:
         self.statuses = statuses
 
-    def mark_processed(self, payment_id: int) -> bool:
+    def process(self, payment_id: int) -> str:
         if payment_id not in self.statuses:
             raise PaymentNotFound(f"payment {payment_id} does not exist")
         first = self.statuses[payment_id] != "processed"
         self.statuses[payment_id] = "processed"
-        return first
+        return "processed" if first else "already"
 
 
 def _no_database() -> Engine:
@@ -170,7 +170,8 @@ def test_process_payment_runs_the_domain_service(monkeypatch: pytest.MonkeyPatch
     # given the task wired to an in-memory payment repository
     payments = InMemoryPayments({5: "pending"})
     monkeypatch.setattr(resources, "engine", lambda: None)
-    monkeypatch.setattr(booking_tasks, "SqlPaymentRepository", lambda _engine: payments)
+    monkeypatch.setattr(resources, "payment_provider", lambda: None)
+    monkeypatch.setattr(booking_tasks, "SqlPaymentRepository", lambda _engine, _provider: payments)
 
     # when the task runs twice for one payment
     first = process_payment(5)
