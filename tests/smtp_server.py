@@ -17,6 +17,7 @@ import threading
 import time
 from email import message_from_bytes
 from email.message import Message
+from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ class ScriptedHandler:
                 self.in_flight -= 1
         if action in ("accept", "drop"):
             with self._lock:
-                self.messages.append(message_from_bytes(envelope.original_content))
+                self.messages.append(message_from_bytes(envelope.original_content, policy=default_policy))
                 self.accepted_at.append(time.time())
         if action == "drop":
             server.transport.abort()
