@@ -23,6 +23,8 @@ class Claim:
     state: ClaimState
     #: The stored reason of a refused (permanently failed) email.
     reason: str | None = None
+    #: Seconds until a busy key's lease runs out (when another attempt may take it over).
+    retry_in: float | None = None
 
 
 class DeliveryLedger(Protocol):
@@ -50,7 +52,11 @@ _CLAIM = text(
     RETURNING attempts
     """
 )
-_STATE = text("SELECT status, last_error FROM email_deliveries WHERE idempotency_key = :key")
+_STATE = text(
+    "SELECT status, last_error, "
+    "extract(epoch FROM updated_at + make_interval(secs => :lease) - now()) AS lease_left "
+    "FROM email_deliveries WHERE idempotency_key = :key"
+)
 _SENT = text(
     "UPDATE email_deliveries SET status = 'sent', sent_at = now(), updated_at = now(), last_error = NULL "
     "WHERE idempotency_key = :key"
@@ -81,13 +87,12 @@ class SqlDeliveryLedger:
         with self._engine.begin() as db:
             if db.execute(_CLAIM, params).first() is not None:
                 return Claim("send")
-            row = db.execute(_STATE, {"key": key}).one()
-        status, reason = row
+            status, reason, lease_left = db.execute(_STATE, {"key": key, "lease": self._lease}).one()
         if status == "sent":
             return Claim("sent")
         if status == "failed":
             return Claim("refused", reason)
-        return Claim("busy")
+        return Claim("busy", retry_in=max(1.0, float(lease_left)))
 
     def record_sent(self, key: str) -> None:
         """Mark ``key`` as sent."""

@@ -23,6 +23,11 @@ class InvalidEmail(ValueError):
 class DeliveryBusy(Exception):
     """Another attempt is sending this email right now: try again after its lease."""
 
+    def __init__(self, message: str, retry_in: float) -> None:
+        super().__init__(message)
+        #: Seconds until the other attempt's lease runs out.
+        self.retry_in = retry_in
+
 
 def message_id(key: str, domain: str = "magnetiq.mail") -> str:
     """Return a Message-ID derived from ``key``, so every resend carries the same one."""
@@ -133,7 +138,8 @@ class MailService:
             if claim.state == "refused":
                 raise SmtpPermanentError(f"refused by the server earlier: {claim.reason}")
             if claim.state == "busy":
-                raise DeliveryBusy(f"{outgoing.label} {mid} is being sent by another attempt")
+                retry_in = claim.retry_in or 1.0
+                raise DeliveryBusy(f"{outgoing.label} {mid} is being sent by another attempt", retry_in)
         self._deliver(outgoing.key, message)
         return f"{outgoing.label} sent {mid}"
 

@@ -7,6 +7,7 @@ task id (the same across retries and redeliveries); producers pass their own
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,21 +23,34 @@ from app.tasks.base import FleetTask
 
 F = TypeVar("F", bound=Callable[..., str])
 
-#: Failures a later attempt may get past; anything else fails at once (SMTP 5xx,
-#: an invalid address or header) and is dead-lettered to ``email.dlq``.
-RETRY_ON = (SmtpTransientError, DeliveryBusy)
+#: Failures a later attempt may get past, retried with backoff; anything else
+#: fails at once (SMTP 5xx, an invalid address or header) and is dead-lettered
+#: to ``email.dlq``. ``DeliveryBusy`` is retried too, when the lease runs out.
+RETRY_ON = (SmtpTransientError,)
 
 
 def email_task(name: str, arguments: type[contracts.Arguments]) -> Callable[[F], Any]:
     """Register an email task with the fleet's retry policy for email."""
-    return celery_app.task(
-        bind=True,
-        base=FleetTask,
-        name=name,
-        arguments=arguments,
-        autoretry_for=RETRY_ON,
-        max_retries=get_settings().email_max_retries,
-    )
+
+    def register(body: F) -> Any:
+        @functools.wraps(body)
+        def run(self: FleetTask, *args: Any, **kwargs: Any) -> str:
+            try:
+                return body(self, *args, **kwargs)
+            except DeliveryBusy as busy:
+                # Another attempt holds the key: look again once its lease is over.
+                raise self.retry(exc=busy, countdown=busy.retry_in) from None
+
+        return celery_app.task(
+            bind=True,
+            base=FleetTask,
+            name=name,
+            arguments=arguments,
+            autoretry_for=RETRY_ON,
+            max_retries=get_settings().email_max_retries,
+        )(run)
+
+    return register
 
 
 def keys(task: FleetTask, idempotency_key: str | None) -> dict[str, Any]:

@@ -19,6 +19,9 @@ from tests.smtp_server import ScriptedHandler, ScriptedSmtp
 MAX_RETRIES = 2
 MAX_CONNECTIONS = 3
 RATE = 25
+SMTP_TIMEOUT = 2
+#: The worker's lease on a key it is sending: 6 x SMTP_TIMEOUT + 30 s.
+LEASE = 6 * SMTP_TIMEOUT + 30
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +46,7 @@ def email_worker(start_worker: Callable[..., WorkerProcess], smtp_server: Script
         EMAIL_MAX_RETRIES=str(MAX_RETRIES),
         SMTP_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
         SMTP_RATE_LIMIT=str(RATE),
+        SMTP_TIMEOUT=str(SMTP_TIMEOUT),
     )
 
 
@@ -97,3 +101,32 @@ def test_sends_keep_to_the_rate_limit(email_worker: WorkerProcess, smtp: Scripte
     arrived = sorted(smtp.accepted_at)
     assert len(arrived) == 50
     assert arrived[-1] - arrived[0] >= 49 / RATE * 0.8
+
+
+def test_a_key_left_sending_by_a_dead_attempt_is_sent_once_its_lease_ends(
+    email_worker: WorkerProcess, smtp: ScriptedHandler, database: Any
+) -> None:
+    # given an attempt that claimed a key, then died mid-send (its row stays
+    # `sending`), with four seconds of its lease left
+    key = "welcome:dead-attempt"
+    with database.begin() as db:
+        db.execute(
+            text(
+                "INSERT INTO email_deliveries (idempotency_key, template, message_id, status, attempts, "
+                "updated_at) VALUES (:k, 'welcome', 'x', 'sending', 1, now() - make_interval(secs => :age))"
+            ),
+            {"k": key, "age": LEASE - 4},
+        )
+
+    # when the email is delivered again (a redelivery of the dead attempt's message)
+    result = producer.enqueue_welcome_email("ada@example.com", "Ada", idempotency_key=key)
+
+    # then it waits out the lease, takes the key over and sends it once
+    assert result.get(timeout=60).startswith("Welcome email sent")
+    assert len(smtp.messages) == 1
+    with database.connect() as db:
+        status, attempts = db.execute(
+            text("SELECT status, attempts FROM email_deliveries WHERE idempotency_key = :k"), {"k": key}
+        ).one()
+    assert (status, attempts) == ("sent", 2)
+    assert "being sent by another attempt" in email_worker.log()
