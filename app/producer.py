@@ -40,7 +40,8 @@ def enqueue(task_name: str, model: type[contracts.Arguments], **arguments: Any) 
         contracts.InvalidTaskArguments: the arguments can never be valid.
     """
     validated = contracts.validate_arguments(task_name, model, arguments)
-    return celery_app.send_task(task_name, kwargs=validated.model_dump(mode="json"))
+    # None is every optional argument's default: leave it out, so messages stay as before.
+    return celery_app.send_task(task_name, kwargs=validated.model_dump(mode="json", exclude_none=True))
 
 
 def enqueue_welcome_email(

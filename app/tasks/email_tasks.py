@@ -8,6 +8,7 @@ task id (the same across retries and redeliveries); producers pass their own
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -27,6 +28,8 @@ F = TypeVar("F", bound=Callable[..., str])
 #: fails at once (SMTP 5xx, an invalid address or header) and is dead-lettered
 #: to ``email.dlq``. ``DeliveryBusy`` is retried too, when the lease runs out.
 RETRY_ON = (SmtpTransientError,)
+#: Seconds between looks at a key another attempt is sending.
+BUSY_RECHECK = 5.0
 
 
 def email_task(name: str, arguments: type[contracts.Arguments]) -> Callable[[F], Any]:
@@ -38,8 +41,14 @@ def email_task(name: str, arguments: type[contracts.Arguments]) -> Callable[[F],
             try:
                 return body(self, *args, **kwargs)
             except DeliveryBusy as busy:
-                # Another attempt holds the key: look again once its lease is over.
-                raise self.retry(exc=busy, countdown=busy.retry_in) from None
+                # Another attempt holds the key: look again soon (it is usually
+                # about to finish), for as long as its lease lasts (its process
+                # may have died; then the key is taken over when the lease ends).
+                more = math.ceil(busy.retry_in / BUSY_RECHECK) + 1
+                countdown = min(busy.retry_in, BUSY_RECHECK)
+                raise self.retry(
+                    exc=busy, countdown=countdown, max_retries=self.request.retries + more
+                ) from None
 
         return celery_app.task(
             bind=True,
