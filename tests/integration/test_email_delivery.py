@@ -46,7 +46,8 @@ def smtp(smtp_server: ScriptedSmtp) -> ScriptedHandler:
 
 @pytest.fixture(scope="module")
 def email_worker(start_worker: Callable[..., WorkerProcess], smtp_server: ScriptedSmtp) -> WorkerProcess:
-    return start_worker("email", SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_server.port))
+    # SMTP_TIMEOUT above the slowest reply scripted here (8 s)
+    return start_worker("email", SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_server.port), SMTP_TIMEOUT="30")
 
 
 def delivery(database: Any, key: str) -> dict[str, Any]:
@@ -230,9 +231,9 @@ def test_invalid_address_or_line_break_is_refused_before_smtp(
 
 
 def test_hundred_sends_overlap_in_one_worker(email_worker: WorkerProcess, smtp: ScriptedHandler) -> None:
-    # given a server that holds every message four seconds (longer than the
+    # given a server that holds every message eight seconds (longer than the
     # worker needs to start 100 tasks, even on a busy machine)
-    smtp.reset(delay=4.0)
+    smtp.reset(delay=8.0)
 
     # when 100 emails are queued at once (one bulk publish)
     calls = [{"user_email": f"user{i}@example.com", "user_name": f"User {i}"} for i in range(100)]
