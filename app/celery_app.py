@@ -6,9 +6,7 @@ import time
 from typing import Any
 
 from celery import Celery, signals
-from celery.schedules import crontab
 
-from app.maintenance.schedule import SCHEDULE
 from app.settings import Settings, get_settings
 from routing import TASK_QUEUES, names, route_task
 
@@ -18,25 +16,6 @@ TASK_MODULES = (
     "app.tasks.booking_tasks",
     "app.tasks.maintenance",
 )
-
-
-def beat_schedule() -> dict[str, dict[str, Any]]:
-    """Turn the maintenance schedule (plain data) into Celery's beat_schedule."""
-    schedule = {}
-    for job in SCHEDULE:
-        minute, hour, day_of_month, month_of_year, day_of_week = job.cron.split()
-        schedule[job.name] = {
-            "task": job.task,
-            "schedule": crontab(
-                minute=minute,
-                hour=hour,
-                day_of_month=day_of_month,
-                month_of_year=month_of_year,
-                day_of_week=day_of_week,
-            ),
-            "options": {"expires": job.expires_seconds},
-        }
-    return schedule
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -83,7 +62,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "interval_max": 2,
         },
         "task_send_sent_event": True,  # Flower and metrics see publishes
-        "worker_send_task_events": True,
+        # Off by default (a third of prefork throughput); Flower enables them
+        # by broadcast while it runs, WORKER_TASK_EVENTS=true from the start.
+        "worker_send_task_events": settings.worker_task_events,
         "worker_prefetch_multiplier": 1,  # profiles raise it where tasks are short
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # Reject undecodable messages to the DLQ instead of acking them away.
@@ -91,7 +72,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Worker-side set-up (topology declare, per-process resources), so the
         # plain `celery -A app.celery_app worker` gets it too.
         "imports": ("workers.entry",),
-        "beat_schedule": beat_schedule(),
+        # One leader among any number of beat replicas (a PostgreSQL lease); the
+        # jobs are data in MAINTENANCE_SCHEDULE, each slot recorded in periodic_runs.
+        "beat_scheduler": "workers.beat:LeaderScheduler",
     }
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     EmailStr,
@@ -25,6 +26,8 @@ SEND_BOOKING_EXPIRED = "app.tasks.email_tasks.send_booking_expired"
 SEND_PASSWORD_RESET = "app.tasks.email_tasks.send_password_reset"
 PROCESS_PAYMENT = "app.tasks.booking_tasks.process_payment"
 CLEANUP_OLD_SESSIONS = "app.tasks.maintenance.cleanup_old_sessions"
+EXPIRE_RESULTS = "app.tasks.maintenance.expire_results"
+REPORT_DEAD_LETTERS = "app.tasks.maintenance.report_dead_letters"
 
 #: Every task name producers may publish.
 TASK_NAMES = (
@@ -36,6 +39,8 @@ TASK_NAMES = (
     SEND_PASSWORD_RESET,
     PROCESS_PAYMENT,
     CLEANUP_OLD_SESSIONS,
+    EXPIRE_RESULTS,
+    REPORT_DEAD_LETTERS,
 )
 
 #: A single-line string: no CR, LF or other control characters (header safety).
@@ -151,6 +156,30 @@ class ProcessPaymentArgs(Arguments):
 
 class NoArgs(Arguments):
     """Arguments of a task that takes none."""
+
+
+class PeriodicArgs(Arguments):
+    """Arguments of a periodic maintenance task: the (job, slot) beat sent, or neither.
+
+    With both, the run is recorded once per (job, slot) in ``periodic_runs`` and
+    a duplicate message of the slot does nothing; with neither (a call by hand,
+    as in the seed) the task simply runs.
+    """
+
+    job: SingleLine | None = None
+    #: The slot as an ISO-8601 string with its offset (JSON has no datetime).
+    slot: Annotated[AwareDatetime | None, Field(strict=False)] = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Self:
+        if (self.job is None) != (self.slot is None):
+            raise ValueError("job and slot come together")
+        return self
+
+    @property
+    def recorded(self) -> tuple[str, datetime] | None:
+        """The (job, slot) this run is recorded under, or None for an unrecorded run."""
+        return None if self.job is None or self.slot is None else (self.job, self.slot)
 
 
 def validate_arguments(task_name: str, model: type[Arguments], values: dict[str, Any]) -> Arguments:

@@ -115,6 +115,9 @@ periodic_runs = Table(
     Column("slot", DateTime(timezone=True), nullable=False),
     Column("task_id", String(155)),
     Column("status", String(20), nullable=False, server_default=text("'sent'")),
+    #: The beat lease holder that sent the slot (or who ran it by hand); NULL when
+    #: the task recorded a run whose send was never committed.
+    Column("sent_by", String(200)),
     Column("sent_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),

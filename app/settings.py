@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/magnetiq"
     #: Defaults to ``database_url``.
     celery_result_backend: str | None = None
+    #: RabbitMQ management API for ``magnetiq status`` (unacked counts); unset: the broker's host, port 15672.
+    rabbitmq_management_url: str | None = None
 
     #: Unset means "no real server": the local sink on 127.0.0.1 (``magnetiq run`` starts one).
     smtp_host: str | None = None
@@ -85,11 +87,20 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     #: Beat's local state file.
     beat_schedule_file: str = "var/celerybeat-schedule"
+    #: Seconds a beat replica's leader lease lasts; the leader renews it every third of that,
+    #: and a standby takes over at most this long (plus a third) after the leader died.
+    beat_lease_seconds: float = Field(default=30.0, gt=0)
+    #: The periodic jobs, as ``module:NAME`` of a sequence of ``app.maintenance.schedule.Job``.
+    maintenance_schedule: str = "app.maintenance.schedule:SCHEDULE"
 
     #: ``false`` lets result writes return before PostgreSQL flushes them to
     #: disk: about 2.5x faster, and a database crash may lose the last fraction
     #: of a second of result rows (never domain data, which commits normally).
     result_synchronous_commit: bool = True
+    #: Workers send task events from the start. Off by default: events cost
+    #: about a third of a prefork worker's throughput, and Flower turns them on
+    #: by broadcast while it runs (its ``--enable_events``, on by default).
+    worker_task_events: bool = False
     #: Seconds a stored result lives before expiry cleanup deletes it.
     result_expires: int = Field(default=7 * 24 * 3600, gt=0)
     #: Seconds a soft time limit gives a prefork task before it must stop.

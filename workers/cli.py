@@ -8,42 +8,18 @@ import sys
 from pathlib import Path
 
 import click
-from kombu import Connection
 
 from app.mail.emails import SAMPLES
 from app.mail.preview import write_preview
 from app.migrate import upgrade
-from app.settings import Settings, get_settings, mask_url
+from app.settings import get_settings, mask_url
 from routing import declare_topology
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
+from workers import ops
+from workers.connections import START_HINTS, ServiceDown, broker_connection
+from workers.dlq_commands import dlq
 from workers.profiles import PROFILES
-
-#: What to run when a service is down, shown with the error.
-START_HINTS = {
-    "rabbitmq": "start it with `rabbitmq-server -detached` or point CELERY_BROKER_URL at a running broker",
-    "postgresql": (
-        "start it with `pg_ctlcluster <version> main start` or point DATABASE_URL at a running server"
-    ),
-}
-
-
-class ServiceDown(click.ClickException):
-    """A required service is unreachable: one clear line, exit status 2."""
-
-    exit_code = 2
-
-
-def broker_connection(settings: Settings) -> Connection:
-    """Connect to the broker once, failing fast with a clear error."""
-    connection = Connection(settings.celery_broker_url, connect_timeout=5)
-    try:
-        connection.ensure_connection(max_retries=1, timeout=5)
-    except Exception as exc:
-        raise ServiceDown(
-            f"RabbitMQ is not reachable at {mask_url(settings.celery_broker_url)} ({exc}); "
-            f"{START_HINTS['rabbitmq']}"
-        ) from exc
-    return connection
+from workers.schedule_cli import schedule
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -167,6 +143,12 @@ def run(no_beat: bool, mail_dir: Path) -> None:
     runner.loop()
     sys.exit(runner.returncode or 0)
 
+
+main.add_command(schedule)
+main.add_command(ops.status)
+main.add_command(ops.publish)
+main.add_command(ops.capacity)
+main.add_command(dlq)
 
 if __name__ == "__main__":
     main()

@@ -58,6 +58,11 @@ _WAIT = ("magnetiq_task_queue_wait_seconds", "Seconds from publish (or ETA) to s
 QUEUE_WAIT = Histogram(*_WAIT, _TASK, buckets=WAIT_BUCKETS)
 _BEAT = ("magnetiq_beat_last_run_timestamp_seconds", "When beat last published a periodic task.")
 BEAT_LAST_RUN = Gauge(*_BEAT, ("name",), multiprocess_mode="livemax")  # beat is one process
+BEAT_LEADER = Gauge(
+    "magnetiq_beat_leader",
+    "1 while this beat replica holds the lease and sends, else 0.",
+    multiprocess_mode="livemax",
+)
 SMTP_SECONDS = Histogram("magnetiq_smtp_send_seconds", "SMTP send time.", ("result",), buckets=SMTP_BUCKETS)
 SMTP_SENDS = Counter("magnetiq_smtp_sends", "SMTP sends by result (ok, transient, permanent).", ("result",))
 #: Scrape-time gauges (name, help), all labelled ``queue_name``.

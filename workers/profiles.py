@@ -50,7 +50,6 @@ class WorkerProfile:
             str(self.prefetch_multiplier),
             "--loglevel",
             loglevel,
-            "--task-events",
             # Gossip is chatter between every pair of workers; nothing here uses it.
             "--without-gossip",
         ]

@@ -1,24 +1,85 @@
-"""Periodic maintenance tasks (queue ``maintenance``, prefork, one process)."""
+"""Periodic maintenance tasks (queue ``maintenance``, prefork, one process), each run once per slot."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from kombu.utils.json import dumps
 from sqlalchemy.exc import OperationalError
 
 from app import contracts
 from app.celery_app import celery_app
-from app.maintenance import service
+from app.maintenance import runs, service
+from app.maintenance.dead_letters import report_dead_letters as inspect_dead_letters
 from app.tasks import resources
 from app.tasks.base import FleetTask
+from routing import names
+
+
+def run_once(task: FleetTask, job: str | None, slot: datetime | None, body: Callable[[], Any]) -> Any:
+    """Run ``body`` once for (job, slot), recording the run; run it plainly without a slot.
+
+    A second message of a slot that ran, or runs now, returns without calling ``body``.
+    """
+    if job is None or slot is None:
+        return body()
+    engine, task_id = resources.engine(), str(task.request.id)
+    if not runs.start_run(engine, job, slot, task_id):
+        return f"Already ran {job} for slot {slot.isoformat()}"
+    try:
+        result = body()
+    except Exception as exc:
+        runs.finish_run(engine, job, slot, task_id, ok=False, detail=dumps({"error": type(exc).__name__}))
+        raise
+    runs.finish_run(engine, job, slot, task_id, ok=True, detail=dumps({"result": result}))
+    return result
 
 
 @celery_app.task(
     bind=True,
     base=FleetTask,
     name=contracts.CLEANUP_OLD_SESSIONS,
-    arguments=contracts.NoArgs,
+    arguments=contracts.PeriodicArgs,
     autoretry_for=(OperationalError,),
 )
-def cleanup_old_sessions(self: FleetTask) -> str:
+def cleanup_old_sessions(self: FleetTask, job: str | None = None, slot: datetime | None = None) -> str:
     """Delete sessions older than seven days."""
-    count = service.cleanup_old_sessions(resources.engine())
-    return f"Cleaned up {count} expired sessions"
+
+    def cleanup() -> str:
+        return f"Cleaned up {service.cleanup_old_sessions(resources.engine())} expired sessions"
+
+    result: str = run_once(self, job, slot, cleanup)
+    return result
+
+
+@celery_app.task(
+    bind=True,
+    base=FleetTask,
+    name=contracts.EXPIRE_RESULTS,
+    arguments=contracts.PeriodicArgs,
+    autoretry_for=(OperationalError,),
+)
+def expire_results(self: FleetTask, job: str | None = None, slot: datetime | None = None) -> str:
+    """Delete result rows older than ``RESULT_EXPIRES``, in indexed batches."""
+    backend: Any = self.app.backend  # the PostgreSQL backend's cleanup counts what it deleted
+    result: str = run_once(self, job, slot, lambda: f"Expired {backend.cleanup()} results")
+    return result
+
+
+@celery_app.task(
+    bind=True,
+    base=FleetTask,
+    name=contracts.REPORT_DEAD_LETTERS,
+    arguments=contracts.PeriodicArgs,
+)
+def report_dead_letters(self: FleetTask, job: str | None = None, slot: datetime | None = None) -> Any:
+    """Count each dead-letter queue's messages and age its oldest one (a list of rows)."""
+
+    def report() -> list[dict[str, Any]]:
+        with self.app.connection_for_read() as connection:
+            queues = inspect_dead_letters(connection, [names.dlq(queue) for queue in names.WORK_QUEUES])
+        return [queue.as_dict() for queue in queues]
+
+    return run_once(self, job, slot, report)

@@ -61,12 +61,22 @@ def test_default_queue_is_declared(config: dict[str, Any]) -> None:
     assert tuple(config["task_queues"]) == TASK_QUEUES
 
 
-def test_events_are_on(config: dict[str, Any]) -> None:
-    # given the Celery options
+def test_producers_send_events_and_workers_wait_to_be_asked(config: dict[str, Any]) -> None:
+    # given the default Celery options
     # when the event options are read
-    # then workers send task events and producers send sent events
-    assert config["worker_send_task_events"] is True
+    # then producers send sent events; workers send task events once Flower
+    # (or `celery control enable_events`) asks, not from the start
     assert config["task_send_sent_event"] is True
+    assert config["worker_send_task_events"] is False
+
+
+def test_worker_task_events_can_be_on_from_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given WORKER_TASK_EVENTS=true
+    monkeypatch.setenv("WORKER_TASK_EVENTS", "true")
+    # when the Celery options are built
+    config = celery_config(Settings())
+    # then workers send task events from the start
+    assert config["worker_send_task_events"] is True
 
 
 def test_results_never_store_arguments(config: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Flower against the fleet: it sees the workers and the tasks they ran (task events are on)."""
+"""Flower against the fleet: it sees the workers, turns task events on, and sees the tasks they run."""
 
 from __future__ import annotations
 
@@ -48,20 +48,32 @@ def test_flower_lists_workers_and_tasks(
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: _reachable(f"{base}/healthcheck"), 30, "Flower to listen", interval=0.2)
-        # when a booking worker runs a task
+        # when a booking worker starts (task events off, as by default)
         start_worker("booking")
-        with database.begin() as db:
-            payment_id = db.exec_driver_sql(
-                "INSERT INTO payments (amount_cents) VALUES (500) RETURNING id"
-            ).scalar_one()
-        result = process_payment.delay(payment_id)
-        assert result.get(timeout=30) == f"Payment {payment_id} processed"
-        # then Flower lists the worker by its node name and the task by its id, with its state
         workers = wait_until(lambda: _workers(base), 30, "Flower to see the booking worker", interval=0.5)
         assert any(name.startswith("booking@") for name in workers)
-        task = wait_until(lambda: _task(base, result.id), 30, "Flower to see the task", interval=0.5)
+        # then Flower's enable_events broadcast (every 5 s) turns the worker's events
+        # on, and Flower sees a task that runs after that by its id, name and state
+        seen: list[str] = []
+
+        def a_task_seen() -> dict[str, Any] | None:
+            for task_id in seen:
+                task = _task(base, task_id)
+                if task is not None:
+                    return task
+            with database.begin() as db:
+                payment_id = db.exec_driver_sql(
+                    "INSERT INTO payments (amount_cents) VALUES (500) RETURNING id"
+                ).scalar_one()
+            result = process_payment.delay(payment_id)
+            assert result.get(timeout=30) == f"Payment {payment_id} processed"
+            seen.append(result.id)
+            return None
+
+        task = wait_until(a_task_seen, 45, "Flower to see a task", interval=1)
         assert task["name"] == "app.tasks.booking_tasks.process_payment"
         assert task["state"] == "SUCCESS"
+        assert task["uuid"] in seen
     finally:
         terminate(flower)
         log.close()

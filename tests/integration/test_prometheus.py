@@ -119,6 +119,22 @@ def test_config_is_valid_with_its_rules() -> None:
     assert targets == [f"127.0.0.1:{port}" for port in range(9808, 9812)]
 
 
+def test_compose_config_is_valid_and_scrapes_the_compose_services() -> None:
+    config = ROOT / "deploy/prometheus/prometheus-compose.yml"
+    result = run(tool(PROMTOOL), "check", "config", config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "alerts.yml" in result.stdout
+    services = set(load(ROOT / "deploy/compose.yaml")["services"])
+    hosts = {
+        target.split(":")[0]
+        for job in load(config)["scrape_configs"]
+        for sd in (*job.get("static_configs", []), *job.get("dns_sd_configs", []))
+        for target in sd.get("targets", sd.get("names", []))
+    }
+    assert hosts == {"worker-email", "worker-booking", "worker-maintenance", "beat", "rabbitmq"}
+    assert hosts <= services
+
+
 def test_alert_rules_unit_tests_pass() -> None:
     result = run(tool(PROMTOOL), "test", "rules", ALERTS_TEST)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("slot", sa.DateTime(timezone=True), nullable=False),
         sa.Column("task_id", sa.String(155)),
         sa.Column("status", sa.String(20), nullable=False, server_default=sa.text("'sent'")),
+        sa.Column("sent_by", sa.String(200)),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.Column("started_at", sa.DateTime(timezone=True)),
         sa.Column("finished_at", sa.DateTime(timezone=True)),

@@ -1,0 +1,303 @@
+"""deploy/: the image, compose file and Kubernetes manifests against their schemas and the fleet, offline."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from app.settings import Settings
+from routing import names
+from workers.profiles import PROFILES
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+COMPOSE = DEPLOY / "compose.yaml"
+DOCKERFILE = DEPLOY / "Dockerfile"
+SCHEMAS = ROOT / "tests" / "schemas"
+#: The Kubernetes version the manifests are written for (kubernetes-validate bundles its schemas).
+KUBERNETES_VERSION = "1.30"
+#: KEDA kinds and the vendored CRD of each.
+KEDA_CRDS = {
+    "ScaledObject": SCHEMAS / "keda.sh_scaledobjects.yaml",
+    "TriggerAuthentication": SCHEMAS / "keda.sh_triggerauthentications.yaml",
+}
+
+
+def documents() -> list[tuple[str, dict[str, Any]]]:
+    """Every Kubernetes object under deploy/k8s, with the file it is in."""
+    found = []
+    for path in sorted(K8S.glob("*.yaml")):
+        found += [(path.name, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return found
+
+
+def objects(kind: str) -> dict[str, dict[str, Any]]:
+    """The objects of one kind, by name."""
+    return {doc["metadata"]["name"]: doc for _, doc in documents() if doc["kind"] == kind}
+
+
+def strict(schema: Any) -> Any:
+    """A CRD's structural schema with unknown fields refused, as strict field validation does.
+
+    Kubernetes prunes unknown fields silently; a test wants the typo reported.
+    """
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: strict(value) for key, value in schema.items()}
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+def crd_validator(kind: str) -> jsonschema.protocols.Validator:
+    """A validator for one KEDA kind, from the vendored CRD's served version."""
+    crd = yaml.safe_load(KEDA_CRDS[kind].read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["served"] and v["storage"]]
+    schema = strict(version["schema"]["openAPIV3Schema"])
+    # metadata is validated by the API server itself, not by the CRD.
+    schema["properties"]["metadata"] = {"type": "object"}
+    return jsonschema.Draft7Validator(schema)
+
+
+def deployment_of(profile: str) -> dict[str, Any]:
+    return objects("Deployment")[f"worker-{profile}"]
+
+
+# -- compose ------------------------------------------------------------------
+
+
+def check_compose(path: Path) -> subprocess.CompletedProcess[str]:
+    """Validate a compose file with check-jsonschema's vendored Compose specification schema."""
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    # given the compose file and check-jsonschema's vendored Compose schema (no network)
+    # when it is validated
+    done = check_compose(COMPOSE)
+    # then it is valid
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_compose_schema_check_refuses_a_misspelt_key(tmp_path: Path) -> None:
+    # given the compose file with one service key misspelt
+    bad = tmp_path / "compose.yaml"
+    bad.write_text(COMPOSE.read_text().replace("stop_grace_period:", "stop_grace_periods:", 1))
+    # when it is validated
+    done = check_compose(bad)
+    # then the check fails and names the key
+    assert done.returncode == 1
+    assert "stop_grace_periods" in done.stdout
+
+
+def test_compose_runs_every_role_of_one_image() -> None:
+    # given the compose services
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    grace_limit = Settings().task_time_limit
+    # when the fleet's roles are read
+    for role in [*PROFILES, "beat"]:
+        service = services["beat" if role == "beat" else f"worker-{role}"]
+        # then each runs the one image with an exec-form `python -m workers <role>`
+        assert service["build"]["dockerfile"] == "deploy/Dockerfile"
+        assert service["command"][:4] == ["python", "-m", "workers", role]
+        # and is given longer than the hard time limit to shut down warm
+        assert _seconds(service["stop_grace_period"]) > grace_limit
+        assert service.get("stop_signal", "SIGTERM") == "SIGTERM"
+    # and the supporting services are there
+    assert {"rabbitmq", "postgres", "smtp", "flower", "prometheus", "grafana"} <= set(services)
+    configs = yaml.safe_load(COMPOSE.read_text())["configs"]
+    assert "rabbitmq_prometheus" in configs["rabbitmq-plugins"]["content"]
+    volumes = services["rabbitmq"]["volumes"]
+    assert "./rabbitmq/definitions.json:/etc/rabbitmq/definitions.json:ro" in volumes
+
+
+def test_compose_mounts_files_that_exist() -> None:
+    # given every bind mount of the compose file that is not the broker's definitions
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    sources = [
+        volume.split(":", 1)[0]
+        for service in services.values()
+        for volume in service.get("volumes", [])
+        if volume.startswith("./") and "definitions.json" not in volume
+    ]
+    # then each source exists beside the compose file
+    assert sources
+    for source in sources:
+        assert (DEPLOY / source).exists(), source
+
+
+def _seconds(duration: str) -> int:
+    match = re.fullmatch(r"(\d+)s", duration)
+    assert match, duration
+    return int(match.group(1))
+
+
+# -- image --------------------------------------------------------------------
+
+
+def test_image_runs_as_a_non_root_user_with_an_exec_form_command() -> None:
+    # given the Dockerfile's final stage
+    final = DOCKERFILE.read_text().rsplit("\nFROM ", 1)[1]
+    lines = [line for line in final.splitlines() if line and not line.startswith(("#", " "))]
+    instructions = [line.split(None, 1) for line in lines]
+    by_name = {name: value for name, *rest in instructions for value in rest}
+    # then it runs as a numeric non-root uid
+    user = by_name["USER"].split(":")[0]
+    assert user.isdigit() and int(user) > 0
+    # and its command is exec form (JSON), so SIGTERM reaches Celery, not a shell
+    assert json.loads(by_name["CMD"])[:3] == ["python", "-m", "workers"]
+    assert "ENTRYPOINT" not in by_name
+
+
+def test_image_copies_only_what_exists() -> None:
+    # given the build stage's COPY sources (relative to the repository root)
+    sources = [
+        part
+        for line in DOCKERFILE.read_text().splitlines()
+        if line.startswith("COPY ") and "--from" not in line
+        for part in line.split()[1:-1]
+    ]
+    # then every one of them is in the repository
+    assert sources
+    for source in sources:
+        assert (ROOT / source).exists(), source
+
+
+# -- Kubernetes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "doc"),
+    [(f, d) for f, d in documents() if not d["apiVersion"].startswith("keda.sh/")],
+    ids=lambda value: value if isinstance(value, str) else value["kind"],
+)
+def test_manifest_matches_the_kubernetes_schema(where: str, doc: dict[str, Any]) -> None:
+    # when a built-in object is validated against the bundled Kubernetes schema (strict: no unknown fields)
+    # then it is valid
+    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_kubernetes_schema_check_refuses_a_misspelt_field() -> None:
+    # given a Deployment with a probe field misspelt
+    bad = copy.deepcopy(deployment_of("booking"))
+    bad["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["periodSecond"] = 20
+    # then validation fails
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("where", "doc"),
+    [(f, d) for f, d in documents() if d["apiVersion"].startswith("keda.sh/")],
+    ids=lambda value: value if isinstance(value, str) else f"{value['kind']}-{value['metadata']['name']}",
+)
+def test_keda_object_matches_the_keda_crd(where: str, doc: dict[str, Any]) -> None:
+    # when a KEDA object is validated against KEDA's own CRD schema (vendored)
+    errors = [error.message for error in crd_validator(doc["kind"]).iter_errors(doc)]
+    # then it is valid
+    assert errors == []
+    assert doc["apiVersion"] == "keda.sh/v1alpha1"
+
+
+def test_keda_schema_check_refuses_a_misspelt_field() -> None:
+    # given a ScaledObject with a field misspelt
+    bad = copy.deepcopy(objects("ScaledObject")["worker-booking"])
+    bad["spec"]["minReplicas"] = bad["spec"].pop("minReplicaCount")
+    # then the CRD schema refuses it
+    assert list(crd_validator("ScaledObject").iter_errors(bad))
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_each_profile_has_a_deployment_that_drains_within_its_grace(profile: str) -> None:
+    # given the profile's Deployment and the fleet's configuration
+    deployment = deployment_of(profile)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    config = objects("ConfigMap")["magnetiq-config"]["data"]
+    # then it runs the profile from the one image, exec form
+    assert container["command"][:4] == ["python", "-m", "workers", profile]
+    # with a grace period above the hard time limit the pods are configured with
+    assert pod["terminationGracePeriodSeconds"] > int(config["TASK_TIME_LIMIT"])
+    assert pod["terminationGracePeriodSeconds"] > Settings().task_time_limit
+    # as a non-root user
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] > 0
+    # with resources and the fleet's own probes (liveness never asks the broker)
+    assert container["resources"]["requests"]["cpu"]
+    assert container["resources"]["limits"]["memory"]
+    assert container["livenessProbe"]["exec"]["command"][3:5] == ["live", profile]
+    assert container["readinessProbe"]["exec"]["command"][3:5] == ["ready", profile]
+    # and the metrics and heartbeat directories are writable
+    mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
+    assert {config["METRICS_DIR"].rsplit("/", 1)[0], config["HEALTH_DIR"].rsplit("/", 1)[0]} <= mounts
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_each_profile_scales_on_its_own_queue(profile: str) -> None:
+    # given the profile's ScaledObject and PodDisruptionBudget
+    scaled = objects("ScaledObject")[f"worker-{profile}"]
+    budget = objects("PodDisruptionBudget")[f"worker-{profile}"]
+    labels = deployment_of(profile)["spec"]["template"]["metadata"]["labels"]
+    # then KEDA scales the profile's Deployment on the length of the queue it consumes
+    assert scaled["spec"]["scaleTargetRef"]["name"] == f"worker-{profile}"
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "rabbitmq"
+    assert (trigger["metadata"]["queueName"],) == PROFILES[profile].queues
+    assert trigger["metadata"]["mode"] == "QueueLength"
+    assert trigger["authenticationRef"]["name"] in objects("TriggerAuthentication")
+    # and the budget selects the same pods
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # and no replica count falls below what the budget needs to allow a drain
+    if "minAvailable" in budget["spec"]:
+        assert scaled["spec"]["minReplicaCount"] > budget["spec"]["minAvailable"]
+
+
+def test_every_work_queue_has_a_scaled_profile() -> None:
+    queues = {so["spec"]["triggers"][0]["metadata"]["queueName"] for so in objects("ScaledObject").values()}
+    assert queues == set(names.WORK_QUEUES)
+
+
+def test_beat_runs_once_and_is_never_rolled_over() -> None:
+    beat = objects("Deployment")["beat"]
+    assert beat["spec"]["replicas"] == 1
+    assert beat["spec"]["strategy"]["type"] == "Recreate"
+    assert beat["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "-m", "workers", "beat"]
+    assert "beat" not in objects("ScaledObject")
+
+
+def test_configuration_reaches_every_pod() -> None:
+    # given the ConfigMap and Secret
+    config, secret = objects("ConfigMap")["magnetiq-config"], objects("Secret")["magnetiq-secrets"]
+    # then together they hold the fixed settings, with secrets only in the Secret
+    assert {"CELERY_BROKER_URL", "DATABASE_URL", "SMTP_PASSWORD"} <= set(secret["stringData"])
+    assert not {"CELERY_BROKER_URL", "DATABASE_URL", "SMTP_PASSWORD"} & set(config["data"])
+    # and the settings they give are accepted by the fleet (placeholders aside)
+    Settings(**{k.lower(): v for k, v in {**config["data"], **secret["stringData"]}.items()})
+    # and every fleet pod reads both
+    for deployment in objects("Deployment").values():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        refs = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
+        assert refs == {"magnetiq-config", "magnetiq-secrets"}

@@ -1,0 +1,41 @@
+"""Capacity arithmetic: workers needed for a target rate, and the measured rate's edge cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers.capacity import Throughput, workers_needed
+from workers.ops import duration
+
+
+@pytest.mark.parametrize(
+    ("target", "per_worker", "headroom", "needed"),
+    [
+        (100, 25, 0.0, 4),  # exactly four
+        (100, 25, 0.2, 5),  # 120 / 25 = 4.8
+        (101, 25, 0.0, 5),
+        (1, 50, 0.2, 1),  # never fewer than one
+        (30, 10, 0.0, 3),  # float noise does not add a worker
+    ],
+)
+def test_workers_needed(target: float, per_worker: float, headroom: float, needed: int) -> None:
+    assert workers_needed(target, per_worker, headroom) == needed
+
+
+@pytest.mark.parametrize(("target", "per_worker", "headroom"), [(0, 1, 0), (1, 0, 0), (1, 1, -0.1)])
+def test_workers_needed_refuses_nonsense(target: float, per_worker: float, headroom: float) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        workers_needed(target, per_worker, headroom)
+
+
+def test_throughput_counts_intervals_between_completions() -> None:
+    assert Throughput("booking", 11, 5.0).per_second == 2.0
+    assert Throughput("booking", 1, 0.0).per_second is None
+    assert Throughput("booking", 3, 0.0).per_second is None
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"), [(None, "-"), (0.25, "0.2s"), (59.9, "59.9s"), (95, "1m35s"), (7322, "2h02m")]
+)
+def test_duration(seconds: float | None, shown: str) -> None:
+    assert duration(seconds) == shown

@@ -1,0 +1,173 @@
+"""``magnetiq status|publish|capacity``: what ops run against a live fleet."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+from amqp.exceptions import NotFound
+
+from app import contracts
+from app.celery_app import celery_app
+from app.db import engine_for
+from app.settings import get_settings
+from routing import names
+from routing.routes import queue_for
+from workers.capacity import measure, workers_needed
+from workers.connections import broker_connection
+from workers.profiles import PROFILES
+from workers.queue_stats import ManagementAPI, QueueStats, passive_counts, read_stats
+
+#: Argument models of the tasks the fleet defines: ``publish`` validates with them, as producers do.
+ARGUMENT_MODELS: dict[str, type[contracts.Arguments]] = {
+    contracts.SEND_WELCOME_EMAIL: contracts.WelcomeEmailArgs,
+    contracts.PROCESS_PAYMENT: contracts.ProcessPaymentArgs,
+    contracts.CLEANUP_OLD_SESSIONS: contracts.NoArgs,
+}
+
+
+def duration(seconds: float | None) -> str:
+    """``95`` -> ``1m35s``; None -> ``-``."""
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.1f}s"
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+#: Column titles of ``magnetiq status``, aligned with ``status_line``.
+STATUS_HEADER = f"{'queue':<12} {'ready':>7} {'unacked':>7} {'consumers':>9} {'dlq':>6} {'dlq oldest':>10}"
+
+
+def status_line(stats: QueueStats) -> str:
+    """One aligned row of ``magnetiq status``."""
+    unacked = "?" if stats.unacked is None else str(stats.unacked)
+    return (
+        f"{stats.name:<12} {stats.ready:>7} {unacked:>7} {stats.consumers:>9} "
+        f"{stats.dlq_ready:>6} {duration(stats.dlq_oldest_age):>10}"
+    )
+
+
+@click.command()
+@click.option("--no-management", is_flag=True, help="Use AMQP only; do not ask the management API.")
+@click.option("--ping-timeout", default=2.0, show_default=True, help="Seconds to wait for workers to answer.")
+def status(no_management: bool, ping_timeout: float) -> None:
+    """Per queue: ready, unacked, consumers, DLQ depth and oldest DLQ message; workers online."""
+    settings = get_settings()
+    api = None if no_management else ManagementAPI.from_settings(settings)
+    with broker_connection(settings) as connection:
+        try:
+            stats, problem = read_stats(connection, api)
+        except NotFound as exc:
+            raise click.ClickException(f"{exc.reply_text}: run `magnetiq topology apply`") from exc
+        replies = celery_app.control.ping(timeout=ping_timeout, connection=connection) or []
+    click.echo(STATUS_HEADER)
+    for row in stats:
+        click.echo(status_line(row))
+    if api is None:
+        click.echo("unacked unknown: management API not asked (--no-management)")
+    elif problem:
+        click.echo(f"unacked unknown: {problem}; enable rabbitmq_management or set RABBITMQ_MANAGEMENT_URL")
+    nodes = sorted(node for reply in replies for node in reply)
+    click.echo(f"workers online ({len(nodes)}): {', '.join(nodes) if nodes else 'none'}")
+
+
+def _json_option(_: click.Context, __: click.Parameter, value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}") from exc
+
+
+@click.command()
+@click.argument("task_name")
+@click.option(
+    "--args", "args_", default="[]", callback=_json_option, help="Positional arguments, a JSON list."
+)
+@click.option("--kwargs", default="{}", callback=_json_option, help="Keyword arguments, a JSON object.")
+@click.option("--countdown", type=float, help="Seconds to delay the task.")
+@click.option("--wait", type=float, help="Wait up to this many seconds for the result and print it.")
+def publish(task_name: str, args_: Any, kwargs: Any, countdown: float | None, wait: float | None) -> None:
+    """Publish TASK_NAME by name with JSON arguments (validated for the fleet's own tasks)."""
+    if not isinstance(args_, list) or not isinstance(kwargs, dict):
+        raise click.BadParameter("--args must be a JSON list and --kwargs a JSON object")
+    if queue_for(task_name) is None:
+        raise click.ClickException(f"{task_name}: no route to a fleet queue (a typo?)")
+    model = ARGUMENT_MODELS.get(task_name)
+    if model is not None:
+        if args_:
+            raise click.BadParameter(f"{task_name} takes keyword arguments only: use --kwargs")
+        try:
+            kwargs = contracts.validate_arguments(task_name, model, kwargs).model_dump(mode="json")
+        except contracts.InvalidTaskArguments as exc:
+            raise click.ClickException(str(exc)) from exc
+    with broker_connection(get_settings()) as connection:
+        result = celery_app.send_task(
+            task_name, args=args_, kwargs=kwargs, countdown=countdown, connection=connection
+        )
+    click.echo(f"published {task_name} id={result.id} queue={queue_for(task_name)}")
+    if wait is not None:
+        value = result.get(timeout=wait, propagate=False)
+        click.echo(f"{result.status}: {value!r}")
+        if result.status != "SUCCESS":
+            raise SystemExit(1)
+
+
+@click.command()
+@click.argument("queue", type=click.Choice(names.WORK_QUEUES))
+@click.option("--target", "target_rate", type=float, required=True, help="Tasks per second to sustain.")
+@click.option("--window", default=15.0, show_default=True, help="Minutes of completions to measure.")
+@click.option("--workers", type=int, help="Workers that ran in the window (default: consumers now).")
+@click.option("--per-worker", type=float, help="Tasks/s one worker does (skip the measurement).")
+@click.option("--headroom", default=0.2, show_default=True, help="Spare capacity to plan for (0.2 = 20 %).")
+def capacity(
+    queue: str,
+    target_rate: float,
+    window: float,
+    workers: int | None,
+    per_worker: float | None,
+    headroom: float,
+) -> None:
+    """Workers of QUEUE's profile needed for a target rate, from measured throughput.
+
+    Throughput is measured from the result rows finished in the last --window
+    minutes: completions from the first to the last, per worker. Measure while
+    the queue has a backlog (workers busy), or the figure is a lower bound.
+    """
+    settings = get_settings()
+    with broker_connection(settings) as connection:
+        ready, consumers = passive_counts(connection, queue)
+    if per_worker is None:
+        since = datetime.now(UTC) - timedelta(minutes=window)
+        default_queue = str(celery_app.conf.task_default_queue)
+        measured = measure(
+            engine_for(settings.result_backend_url), queue, since, lambda n: queue_for(n) or default_queue
+        )
+        running = workers or consumers
+        if measured.per_second is None or not running:
+            raise click.ClickException(
+                f"{queue}: {measured.tasks} task(s) finished in the last {window:g} min "
+                f"with {running} worker(s): nothing to measure; pass --per-worker"
+            )
+        per_worker = measured.per_second / running
+        click.echo(
+            f"{queue}: measured {measured.per_second:.2f} tasks/s over {measured.tasks} tasks "
+            f"with {running} worker(s) = {per_worker:.2f} tasks/s per worker"
+        )
+        if not ready:
+            click.echo(
+                f"{queue}: no backlog now; if the workers were idle in the window, this is a lower bound"
+            )
+    needed = workers_needed(target_rate, per_worker, headroom)
+    click.echo(
+        f"{queue}: {needed} worker(s) of profile {_profile_of(queue)} for {target_rate:g} tasks/s "
+        f"at {per_worker:.2f} tasks/s each with {headroom:.0%} headroom (consumers now: {consumers})"
+    )
+
+
+def _profile_of(queue: str) -> str:
+    return next(profile.name for profile in PROFILES.values() if queue in profile.queues)
