@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from typing import Annotated, Any, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -18,6 +20,11 @@ from pydantic import (
 )
 
 SEND_WELCOME_EMAIL = "app.tasks.email_tasks.send_welcome_email"
+SEND_BOOKING_CONFIRMATION = "app.tasks.email_tasks.send_booking_confirmation"
+SEND_BOOKING_REMINDER = "app.tasks.email_tasks.send_booking_reminder"
+SEND_BOOKING_CANCELLATION = "app.tasks.email_tasks.send_booking_cancellation"
+SEND_BOOKING_EXPIRED = "app.tasks.email_tasks.send_booking_expired"
+SEND_PASSWORD_RESET = "app.tasks.email_tasks.send_password_reset"
 PROCESS_PAYMENT = "app.tasks.booking_tasks.process_payment"
 PROCESS_BOOKING = "app.tasks.booking_tasks.process_booking"
 CANCEL_BOOKING = "app.tasks.booking_tasks.cancel_booking"
@@ -34,6 +41,11 @@ REPORT_DEAD_LETTERS = "app.tasks.maintenance.report_dead_letters"
 #: Every task name producers may publish.
 TASK_NAMES = (
     SEND_WELCOME_EMAIL,
+    SEND_BOOKING_CONFIRMATION,
+    SEND_BOOKING_REMINDER,
+    SEND_BOOKING_CANCELLATION,
+    SEND_BOOKING_EXPIRED,
+    SEND_PASSWORD_RESET,
     PROCESS_PAYMENT,
     PROCESS_BOOKING,
     CANCEL_BOOKING,
@@ -50,6 +62,39 @@ TASK_NAMES = (
 
 #: A single-line string: no CR, LF or other control characters (header safety).
 SingleLine = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+#: A longer single-line text (a cancellation reason).
+SingleLineText = Annotated[
+    str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")
+]
+#: An idempotency key: printable ASCII without spaces (``booking-confirmation:42``).
+IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
+#: A booking reference: it also names the calendar event's UID.
+BookingRef = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][\w.:-]*$")]
+
+
+def _aware_iso(value: str) -> str:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("not an ISO-8601 date and time") from None
+    if moment.utcoffset() is None:
+        raise ValueError("ISO-8601 date and time needs a UTC offset")
+    return value
+
+
+def _web_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"https", "http"} or not parts.hostname or any(c.isspace() for c in value):
+        raise ValueError("not an http(s) URL")
+    return value
+
+
+#: An ISO-8601 date and time with a UTC offset, kept as the string the producer sent.
+AwareIso = Annotated[str, StringConstraints(max_length=40), AfterValidator(_aware_iso)]
+#: An absolute http(s) URL without whitespace or control characters.
+WebUrl = Annotated[
+    str, StringConstraints(max_length=2000, pattern=r"^[^\x00-\x1f\x7f]*$"), AfterValidator(_web_url)
+]
 
 
 class InvalidTaskArguments(ValueError):
@@ -67,6 +112,57 @@ class WelcomeEmailArgs(Arguments):
 
     user_email: EmailStr
     user_name: SingleLine
+    idempotency_key: IdempotencyKey | None = None
+
+
+class BookingEmailArgs(Arguments):
+    """What every booking email names first: the recipient and the booking."""
+
+    to: EmailStr
+    name: SingleLine
+    booking_ref: BookingRef
+    resource: SingleLine
+    starts_at: AwareIso
+
+
+class BookingConfirmationArgs(BookingEmailArgs):
+    """Arguments of ``send_booking_confirmation``: a booking with its end."""
+
+    ends_at: AwareIso
+    idempotency_key: IdempotencyKey | None = None
+
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> BookingConfirmationArgs:
+        if datetime.fromisoformat(self.ends_at) <= datetime.fromisoformat(self.starts_at):
+            raise ValueError("ends_at must be after starts_at")
+        return self
+
+
+class BookingReminderArgs(BookingConfirmationArgs):
+    """Arguments of ``send_booking_reminder``."""
+
+
+class BookingCancellationArgs(BookingEmailArgs):
+    """Arguments of ``send_booking_cancellation``."""
+
+    reason: SingleLineText | None = None
+    idempotency_key: IdempotencyKey | None = None
+
+
+class BookingExpiredArgs(BookingEmailArgs):
+    """Arguments of ``send_booking_expired``."""
+
+    idempotency_key: IdempotencyKey | None = None
+
+
+class PasswordResetArgs(Arguments):
+    """Arguments of ``send_password_reset``."""
+
+    to: EmailStr
+    name: SingleLine
+    reset_url: WebUrl
+    expires_minutes: Annotated[int, Field(gt=0, le=7 * 24 * 60)]
+    idempotency_key: IdempotencyKey | None = None
 
 
 class ProcessPaymentArgs(Arguments):

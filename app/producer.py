@@ -21,10 +21,15 @@ from app.publisher import PublishError, enqueue_many
 __all__ = [
     "PublishError",
     "enqueue",
+    "enqueue_booking_cancellation",
+    "enqueue_booking_confirmation",
+    "enqueue_booking_expired",
+    "enqueue_booking_reminder",
     "enqueue_cancel_booking",
     "enqueue_cleanup_old_sessions",
     "enqueue_import_bookings",
     "enqueue_many",
+    "enqueue_password_reset",
     "enqueue_process_booking",
     "enqueue_process_payment",
     "enqueue_welcome_email",
@@ -38,13 +43,125 @@ def enqueue(task_name: str, model: type[contracts.Arguments], **arguments: Any) 
         contracts.InvalidTaskArguments: the arguments can never be valid.
     """
     validated = contracts.validate_arguments(task_name, model, arguments)
-    return celery_app.send_task(task_name, kwargs=validated.model_dump(mode="json"))
+    # None is every optional argument's default: leave it out, so messages stay as before.
+    return celery_app.send_task(task_name, kwargs=validated.model_dump(mode="json", exclude_none=True))
 
 
-def enqueue_welcome_email(user_email: str, user_name: str) -> AsyncResult[Any]:
-    """Queue the welcome email for a new user."""
+def enqueue_welcome_email(
+    user_email: str, user_name: str, idempotency_key: str | None = None
+) -> AsyncResult[Any]:
+    """Queue the welcome email for a new user (sent once per ``idempotency_key``, else per task)."""
     return enqueue(
-        contracts.SEND_WELCOME_EMAIL, contracts.WelcomeEmailArgs, user_email=user_email, user_name=user_name
+        contracts.SEND_WELCOME_EMAIL,
+        contracts.WelcomeEmailArgs,
+        user_email=user_email,
+        user_name=user_name,
+        idempotency_key=idempotency_key,
+    )
+
+
+def enqueue_booking_confirmation(
+    to: str,
+    name: str,
+    booking_ref: str,
+    resource: str,
+    starts_at: str,
+    ends_at: str,
+    idempotency_key: str | None = None,
+) -> AsyncResult[Any]:
+    """Queue a booking confirmation with its ``.ics`` invitation (times: ISO-8601 with offset)."""
+    return enqueue(
+        contracts.SEND_BOOKING_CONFIRMATION,
+        contracts.BookingConfirmationArgs,
+        to=to,
+        name=name,
+        booking_ref=booking_ref,
+        resource=resource,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        idempotency_key=idempotency_key,
+    )
+
+
+def enqueue_booking_reminder(
+    to: str,
+    name: str,
+    booking_ref: str,
+    resource: str,
+    starts_at: str,
+    ends_at: str,
+    idempotency_key: str | None = None,
+) -> AsyncResult[Any]:
+    """Queue a reminder of an upcoming booking."""
+    return enqueue(
+        contracts.SEND_BOOKING_REMINDER,
+        contracts.BookingReminderArgs,
+        to=to,
+        name=name,
+        booking_ref=booking_ref,
+        resource=resource,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        idempotency_key=idempotency_key,
+    )
+
+
+def enqueue_booking_cancellation(
+    to: str,
+    name: str,
+    booking_ref: str,
+    resource: str,
+    starts_at: str,
+    reason: str | None = None,
+    idempotency_key: str | None = None,
+) -> AsyncResult[Any]:
+    """Queue a booking cancellation notice."""
+    return enqueue(
+        contracts.SEND_BOOKING_CANCELLATION,
+        contracts.BookingCancellationArgs,
+        to=to,
+        name=name,
+        booking_ref=booking_ref,
+        resource=resource,
+        starts_at=starts_at,
+        reason=reason,
+        idempotency_key=idempotency_key,
+    )
+
+
+def enqueue_booking_expired(
+    to: str,
+    name: str,
+    booking_ref: str,
+    resource: str,
+    starts_at: str,
+    idempotency_key: str | None = None,
+) -> AsyncResult[Any]:
+    """Queue the notice that an unpaid pending booking expired."""
+    return enqueue(
+        contracts.SEND_BOOKING_EXPIRED,
+        contracts.BookingExpiredArgs,
+        to=to,
+        name=name,
+        booking_ref=booking_ref,
+        resource=resource,
+        starts_at=starts_at,
+        idempotency_key=idempotency_key,
+    )
+
+
+def enqueue_password_reset(
+    to: str, name: str, reset_url: str, expires_minutes: int, idempotency_key: str | None = None
+) -> AsyncResult[Any]:
+    """Queue a password reset email."""
+    return enqueue(
+        contracts.SEND_PASSWORD_RESET,
+        contracts.PasswordResetArgs,
+        to=to,
+        name=name,
+        reset_url=reset_url,
+        expires_minutes=expires_minutes,
+        idempotency_key=idempotency_key,
     )
 
 

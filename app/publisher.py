@@ -131,7 +131,7 @@ def validate_calls(
             arguments = contracts.validate_arguments(task_name, model, dict(call))
         except contracts.InvalidTaskArguments as exc:
             raise contracts.InvalidTaskArguments(f"call #{index}: {exc}") from None
-        validated.append(arguments.model_dump(mode="json"))
+        validated.append(arguments.model_dump(mode="json", exclude_none=True))
     return validated
 
 

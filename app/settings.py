@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
     smtp_timeout: float = Field(default=10.0, gt=0)
+    #: Open SMTP connections per worker process at most (the provider's connection cap).
+    smtp_max_connections: int = Field(default=100, ge=1)
+    #: Emails per second one worker process starts at most; 0 means no limit.
+    smtp_rate_limit: float = Field(default=0.0, ge=0)
+    #: Retries of an email after a transient failure (4xx, timeout, connection error).
+    email_max_retries: int = Field(default=5, ge=0, le=20)
     mail_from: str = "Magnetiq <no-reply@magnetiq.local>"
 
     #: Port of a worker's ``/metrics`` endpoint; 0 turns metrics off (endpoint and counting).

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from app.mail.emails import SAMPLES
+from app.mail.preview import write_preview
 from app.migrate import upgrade
 from app.settings import get_settings, mask_url
 from routing import declare_topology
@@ -69,6 +71,28 @@ def topology_check() -> None:
                 click.echo(f"MISSING {queue.name:<16} {exc}")
     if missing:
         raise click.ClickException(f"{len(missing)} queue(s) missing: run `magnetiq topology apply`")
+
+
+@main.group()
+def mail() -> None:
+    """Email templates."""
+
+
+@mail.command("preview")
+@click.argument("templates", nargs=-1, type=click.Choice(sorted(SAMPLES)))
+@click.option(
+    "--out",
+    default="var/mail/preview",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory the preview files are written to.",
+)
+def mail_preview(templates: tuple[str, ...], out: Path) -> None:
+    """Render TEMPLATES (default: every one) with sample data to .eml, .html and .txt files."""
+    mail_from = get_settings().mail_from
+    for template in templates or tuple(SAMPLES):
+        for path in write_preview(template, out, mail_from):
+            click.echo(str(path))
 
 
 @main.command()

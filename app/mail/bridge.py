@@ -18,11 +18,18 @@ from __future__ import annotations
 import _socket
 import asyncio
 import os
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+#: Seconds a thread may hold the GIL before it is asked to hand it over (Python's
+#: default is 0.005). The loop thread and the greenlets' thread pass work back and
+#: forth many times per email; at 0.5 ms the waits for the GIL shrink, and one
+#: gevent worker sent ~40 % more emails per second here.
+SWITCH_INTERVAL = 0.0005
 
 
 def _original(module: str, name: str) -> Any:
@@ -88,6 +95,7 @@ class AsyncioBridge:
             if self._loop is None or self._pid != os.getpid():
                 selector = _original("selectors", "DefaultSelector")()
                 loop = _NativeThreadLoop(selector)
+                sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
                 _original("_thread", "start_new_thread")(self._serve, (loop,))
                 self._loop, self._pid = loop, os.getpid()
         return self._loop

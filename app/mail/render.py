@@ -8,8 +8,16 @@ from typing import Any
 from jinja2 import PackageLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-#: Templates: ``<name>.subject.txt``, ``<name>.txt`` and ``<name>.html`` each.
-TEMPLATE_NAMES = ("welcome",)
+#: Templates: ``<name>.subject.txt``, ``<name>.txt`` and ``<name>.html`` each
+#: (files starting with ``_`` are shared pieces, never rendered on their own).
+TEMPLATE_NAMES = (
+    "welcome",
+    "booking_confirmation",
+    "booking_reminder",
+    "booking_cancellation",
+    "booking_expired",
+    "password_reset",
+)
 
 
 @dataclass(frozen=True)
@@ -32,17 +40,17 @@ class Renderer:
             keep_trailing_newline=True,
         )
 
-    def render(self, name: str, **context: Any) -> RenderedEmail:
-        """Render template ``name`` with ``context``.
+    def render(self, template: str, /, **context: Any) -> RenderedEmail:
+        """Render ``template`` with ``context``.
 
         Raises:
             KeyError: no such template.
         """
-        if name not in TEMPLATE_NAMES:
-            raise KeyError(f"unknown email template {name!r}")
-        subject = self._env.get_template(f"{name}.subject.txt").render(**context)
+        if template not in TEMPLATE_NAMES:
+            raise KeyError(f"unknown email template {template!r}")
+        subject = self._env.get_template(f"{template}.subject.txt").render(**context)
         return RenderedEmail(
             subject=" ".join(subject.split()),
-            text=self._env.get_template(f"{name}.txt").render(**context),
-            html=self._env.get_template(f"{name}.html").render(**context),
+            text=self._env.get_template(f"{template}.txt").render(**context),
+            html=self._env.get_template(f"{template}.html").render(**context),
         )

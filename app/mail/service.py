@@ -1,17 +1,32 @@
-"""The mail service: render a template, build a safe MIME message, hand it to a sender."""
+"""The mail service: render a template, build a safe MIME message, send it once through a sender."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from email.message import EmailMessage
 from email.utils import parseaddr
 
+from app.mail import emails
+from app.mail.emails import Attachment, Outgoing
+from app.mail.ledger import DeliveryLedger
 from app.mail.render import Renderer
-from app.mail.smtp import EmailSender
+from app.mail.smtp import EmailSender, SmtpPermanentError, SmtpTransientError
+
+log = logging.getLogger(__name__)
 
 
 class InvalidEmail(ValueError):
     """An address or header value that must never reach SMTP."""
+
+
+class DeliveryBusy(Exception):
+    """Another attempt is sending this email right now: try again after its lease."""
+
+    def __init__(self, message: str, retry_in: float) -> None:
+        super().__init__(message)
+        #: Seconds until the other attempt's lease runs out.
+        self.retry_in = retry_in
 
 
 def message_id(key: str, domain: str = "magnetiq.mail") -> str:
@@ -26,8 +41,16 @@ def _header(value: str, what: str) -> str:
     return value
 
 
-def build_message(mail_from: str, to: str, subject: str, text: str, html: str, key: str) -> EmailMessage:
-    """Build a multipart/alternative message (text first, then HTML).
+def build_message(
+    mail_from: str,
+    to: str,
+    subject: str,
+    text: str,
+    html: str,
+    key: str,
+    attachments: tuple[Attachment, ...] = (),
+) -> EmailMessage:
+    """Build a multipart/alternative message (text first, then HTML), inside multipart/mixed with attachments.
 
     Raises:
         InvalidEmail: a header value has CR/LF/NUL or the recipient is not one address.
@@ -43,26 +66,104 @@ def build_message(mail_from: str, to: str, subject: str, text: str, html: str, k
     message["Message-ID"] = message_id(key)
     message.set_content(text)
     message.add_alternative(html, subtype="html")
+    for attachment in attachments:
+        maintype, _, subtype = attachment.content_type.partition("/")
+        message.add_attachment(
+            attachment.data,
+            maintype=maintype,
+            subtype=subtype,
+            filename=attachment.filename,
+            params=attachment.params,
+        )
     return message
 
 
-class MailService:
-    """Renders and sends the product's emails."""
+def compose(renderer: Renderer, mail_from: str, outgoing: Outgoing) -> EmailMessage:
+    """Render ``outgoing``'s template and build its message.
 
-    def __init__(self, sender: EmailSender, renderer: Renderer, mail_from: str) -> None:
+    Raises:
+        InvalidEmail: the recipient or a header value is unsafe.
+    """
+    rendered = renderer.render(outgoing.template, **outgoing.context)
+    return build_message(
+        mail_from,
+        outgoing.to,
+        rendered.subject,
+        rendered.text,
+        rendered.html,
+        outgoing.key,
+        outgoing.attachments,
+    )
+
+
+class MailService:
+    """Renders and sends the product's emails, each at most once per idempotency key."""
+
+    def __init__(
+        self,
+        sender: EmailSender,
+        renderer: Renderer,
+        mail_from: str,
+        ledger: DeliveryLedger | None = None,
+    ) -> None:
+        """Send through ``sender``; with a ``ledger``, a key already sent is never sent again."""
         self._sender = sender
         self._renderer = renderer
         self._mail_from = mail_from
+        self._ledger = ledger
 
-    def send_welcome(self, user_email: str, user_name: str, key: str) -> str:
-        """Send the welcome email; ``key`` (the task id) fixes its Message-ID.
+    def compose(self, outgoing: Outgoing) -> EmailMessage:
+        """Render and build the message of ``outgoing`` without sending it."""
+        return compose(self._renderer, self._mail_from, outgoing)
+
+    def send(self, outgoing: Outgoing) -> str:
+        """Send ``outgoing`` unless its key was sent before.
 
         Returns:
-            A short summary without personal data.
+            A short summary without personal data: ``<label> sent <message-id>``
+            or ``<label> already sent <message-id>``.
+
+        Raises:
+            InvalidEmail: refused before SMTP (never retried).
+            SmtpTransientError: a later attempt may succeed.
+            SmtpPermanentError: the server refused it, now or in an earlier attempt.
+            DeliveryBusy: another attempt holds the key.
         """
-        rendered = self._renderer.render("welcome", user_name=user_name)
-        message = build_message(
-            self._mail_from, user_email, rendered.subject, rendered.text, rendered.html, key
-        )
-        self._sender.send(message)
-        return f"Welcome email sent {message['Message-ID']}"
+        message = self.compose(outgoing)
+        mid = str(message["Message-ID"])
+        if self._ledger is not None:
+            claim = self._ledger.claim(outgoing.key, outgoing.template, mid, outgoing.task_id)
+            if claim.state == "sent":
+                return f"{outgoing.label} already sent {mid}"
+            if claim.state == "refused":
+                raise SmtpPermanentError(f"refused by the server earlier: {claim.reason}")
+            if claim.state == "busy":
+                retry_in = claim.retry_in or 1.0
+                raise DeliveryBusy(f"{outgoing.label} {mid} is being sent by another attempt", retry_in)
+        self._deliver(outgoing.key, message)
+        return f"{outgoing.label} sent {mid}"
+
+    def _deliver(self, key: str, message: EmailMessage) -> None:
+        try:
+            self._sender.send(message)
+        except (SmtpTransientError, SmtpPermanentError) as exc:
+            if self._ledger is not None:
+                permanent = isinstance(exc, SmtpPermanentError)
+                self._ledger.record_failure(key, str(exc), permanent=permanent)
+            raise
+        except BaseException:
+            if self._ledger is not None:
+                self._ledger.record_failure(key, "interrupted", permanent=False)
+            raise
+        if self._ledger is not None:
+            self._ledger.record_sent(key)
+
+    def send_welcome(self, user_email: str, user_name: str, key: str, task_id: str | None = None) -> str:
+        """Send the welcome email; ``key`` fixes its Message-ID and de-duplicates it."""
+        return self.send(emails.welcome(user_email, user_name, key, task_id))
+
+    def send_booking_confirmation(
+        self, to: str, name: str, booking: emails.Booking, key: str, task_id: str | None = None
+    ) -> str:
+        """Send the booking confirmation with its calendar invitation."""
+        return self.send(emails.booking_confirmation(self._mail_from, to, name, booking, key, task_id))

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
-import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Protocol
 
 import aiosmtplib
 
 from app.mail.bridge import BRIDGE, AsyncioBridge
+from app.mail.pool import SmtpConfig, SmtpPool
+
+__all__ = ["AioSmtpSender", "EmailSender", "SmtpConfig", "SmtpPermanentError", "SmtpTransientError"]
+
+#: A send (waiting for a connection slot and the rate limit included) is abandoned
+#: as transient after this many SMTP timeouts.
+SEND_DEADLINE_TIMEOUTS = 6
 
 
 class SmtpTransientError(Exception):
@@ -31,24 +37,17 @@ class EmailSender(Protocol):
         """Deliver ``message`` or raise ``SmtpTransientError``/``SmtpPermanentError``."""
 
 
-@dataclass(frozen=True)
-class SmtpConfig:
-    """Where and how to reach the SMTP server."""
-
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-    starttls: bool = False
-    timeout: float = 10.0
-
-
 #: Told the result of each send (``ok``, ``transient`` or ``permanent``) and its seconds.
 SendObserver = Callable[[str, float], None]
 
 
 class AioSmtpSender:
-    """Sends messages with aiosmtplib on the process's asyncio loop."""
+    """Sends messages with aiosmtplib on the process's asyncio loop, reusing connections.
+
+    Each process gets its own pool (a forked child never touches its parent's
+    connections): at most ``max_connections`` open, sends started at most
+    ``rate_per_second``.
+    """
 
     def __init__(
         self, config: SmtpConfig, bridge: AsyncioBridge = BRIDGE, *, observe: SendObserver | None = None
@@ -59,7 +58,20 @@ class AioSmtpSender:
         # Resolved once, here: aiosmtplib would otherwise look it up in an
         # executor thread, which deadlocks inside the bridge's loop.
         self._local_hostname = socket.gethostname() or "localhost"
-        self._tls_context = ssl.create_default_context() if config.starttls else None
+        self._pool: SmtpPool | None = None
+        self._pool_pid = 0
+
+    def pool(self) -> SmtpPool:
+        """This process's connection pool (created on first use, after a fork anew)."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            self._pool, self._pool_pid = SmtpPool(self._config, self._local_hostname), os.getpid()
+        return self._pool
+
+    def close(self) -> None:
+        """Quit this process's idle SMTP connections (worker shutdown)."""
+        if self._pool is not None and self._pool_pid == os.getpid():
+            pool, self._pool = self._pool, None
+            self._bridge.run(pool.close, timeout=self._config.timeout)
 
     def send(self, message: EmailMessage) -> None:
         """Deliver one message, classifying failures as transient or permanent.
@@ -82,21 +94,10 @@ class AioSmtpSender:
             self._observe(result, time.perf_counter() - started)
 
     def _deliver(self, message: EmailMessage) -> None:
-        config = self._config
+        pool = self.pool()
         try:
             self._bridge.run(
-                lambda: aiosmtplib.send(
-                    message,
-                    hostname=config.host,
-                    port=config.port,
-                    username=config.username,
-                    password=config.password,
-                    start_tls=config.starttls,
-                    tls_context=self._tls_context,
-                    timeout=config.timeout,
-                    local_hostname=self._local_hostname,
-                ),
-                timeout=config.timeout * 3,
+                lambda: pool.send(message), timeout=self._config.timeout * SEND_DEADLINE_TIMEOUTS
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             raise classify(min(r.code for r in exc.recipients), exc.recipients[0].message) from exc

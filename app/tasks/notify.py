@@ -6,13 +6,14 @@ from typing import Any
 
 from celery import Celery, group
 
+from app import contracts
 from app.booking.notices import Kind, Notice
 
 #: The email task each kind of booking email is sent by (queue ``email``).
 EMAIL_TASKS: dict[Kind, str] = {
-    "confirmation": "app.tasks.email_tasks.send_booking_confirmation",
-    "reminder": "app.tasks.email_tasks.send_booking_reminder",
-    "cancellation": "app.tasks.email_tasks.send_booking_cancellation",
+    "confirmation": contracts.SEND_BOOKING_CONFIRMATION,
+    "reminder": contracts.SEND_BOOKING_REMINDER,
+    "cancellation": contracts.SEND_BOOKING_CANCELLATION,
 }
 
 

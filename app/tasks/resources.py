@@ -8,9 +8,10 @@ from sqlalchemy import Engine
 
 from app.booking.provider import HttpPaymentProvider
 from app.db import engine_for
+from app.mail.ledger import SqlDeliveryLedger
 from app.mail.render import Renderer
 from app.mail.service import MailService
-from app.mail.smtp import AioSmtpSender, SendObserver, SmtpConfig
+from app.mail.smtp import SEND_DEADLINE_TIMEOUTS, AioSmtpSender, SendObserver, SmtpConfig
 from app.settings import get_settings
 
 #: Called after each SMTP send with its result (``ok``, ``transient``, ``permanent``)
@@ -41,8 +42,17 @@ def mail_service() -> MailService:
         password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
         starttls=settings.smtp_starttls,
         timeout=settings.smtp_timeout,
+        max_connections=settings.smtp_max_connections,
+        rate_per_second=settings.smtp_rate_limit,
     )
-    return MailService(AioSmtpSender(config, observe=_smtp_sent), Renderer(), settings.mail_from)
+    # One autocommit statement per ledger step; a `sending` row outlives the
+    # longest send by a margin before another attempt may take it over.
+    ledger_engine = engine_for(settings.database_url, pool_size=10, max_overflow=20, autocommit=True)
+    ledger = SqlDeliveryLedger(
+        ledger_engine, lease_seconds=settings.smtp_timeout * SEND_DEADLINE_TIMEOUTS + 30
+    )
+    sender = AioSmtpSender(config, observe=_smtp_sent)
+    return MailService(sender, Renderer(), settings.mail_from, ledger)
 
 
 def _smtp_sent(result: str, seconds: float) -> None:

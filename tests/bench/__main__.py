@@ -22,6 +22,7 @@ from pathlib import Path
 
 from app.migrate import upgrade
 from tests.bench.booking_flow import Flow, measure_booking_flow
+from tests.bench.email import SMTP_DELAY, measure_email
 from tests.bench.harness import Bench, Drain, measure_drain
 from tests.bench.latency import measure_latency
 from tests.bench.publish import measure_publish
@@ -42,6 +43,8 @@ SIZES = {
         "publish": 20000,
         "latency": 1000,
         "booking_flow": 2000,
+        "email": 3000,
+        "email_plain": 300,
     },
     "quick": {
         "fleet": 40,
@@ -52,6 +55,8 @@ SIZES = {
         "publish": 200,
         "latency": 20,
         "booking_flow": 20,
+        "email": 40,
+        "email_plain": 10,
     },
 }
 
@@ -140,6 +145,14 @@ def measurements(size: dict[str, int]) -> dict[str, Measure]:
             size["gevent_plain"],
             table="plain_celery_taskmeta",
         ),
+        "fleet email, results": lambda b: measure_email(
+            b, fleet_argv("email"), size["email"], table="task_results", METRICS_PORT=free_port()
+        ),
+        # The most one gevent worker could send with each message held SMTP_DELAY seconds.
+        "email concurrency bound": lambda b: EMAIL.effective_concurrency / SMTP_DELAY,
+        "plain email, stock db backend": lambda b: measure_email(
+            b, plain_argv("gevent", 100, 4, "email"), size["email_plain"], table="plain_celery_taskmeta"
+        ),
         "fleet bulk publish": lambda b: measure_publish(b, size["publish"], "bulk"),
         "apply_async + confirm_publish": lambda b: measure_publish(b, size["publish"], "apply_async"),
         "raw py-amqp streamed confirms": lambda b: measure_publish(b, size["publish"], "raw"),
@@ -190,6 +203,20 @@ FIGURES = (
         "plain gevent, stock db backend",
         20.0,
     ),
+    Figure(
+        "email drain, 0.2 s SMTP, results stored",
+        "fleet email, results",
+        "email concurrency bound",
+        0.6,
+        unit="emails/s",
+    ),
+    Figure(
+        "email drain, 0.2 s SMTP, results stored",
+        "fleet email, results",
+        "plain email, stock db backend",
+        1.0,
+        unit="emails/s",
+    ),
     Figure("bulk publish with confirms", "fleet bulk publish", "apply_async + confirm_publish", 5.0),
     Figure("bulk publish with confirms", "fleet bulk publish", "raw py-amqp streamed confirms", 0.5),
     Figure(
@@ -224,7 +251,7 @@ def run(bench: Bench, todo: dict[str, Measure], reps: int) -> dict[str, list[dic
                     "peak_mib": value.peak_rss_kib / 1024,
                 }
                 detail = (
-                    f"{value.n} tasks in {value.seconds:.2f}s, {value.rows} result rows, "
+                    f"{value.n} {value.unit} in {value.seconds:.2f}s, {value.rows} result rows, "
                     f"peak {sample['peak_mib']:.0f} MiB/process"
                 )
             elif isinstance(value, Flow):

@@ -69,7 +69,7 @@ class Bench:
                 for queue in (*TASK_QUEUES, *DEAD_LETTER_QUEUES):
                     channel.queue_purge(queue.name)
         with self.engine().begin() as db:
-            db.execute(text("TRUNCATE task_results, group_results"))
+            db.execute(text("TRUNCATE task_results, group_results, email_deliveries"))
             if db.execute(text("SELECT to_regclass('plain_celery_taskmeta')")).scalar():
                 db.execute(text("TRUNCATE plain_celery_taskmeta"))
 
@@ -175,6 +175,8 @@ class Drain:
     seconds: float
     rows: int
     peak_rss_kib: int
+    #: What was drained: ``tasks`` (plus a sentinel) or ``emails`` (accepted by the SMTP server).
+    unit: str = "tasks"
 
     @property
     def rate(self) -> float:

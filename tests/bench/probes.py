@@ -8,7 +8,9 @@ the environment the harness gives the worker.
 from __future__ import annotations
 
 import os
+import smtplib
 import time
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,19 @@ def register(app: Celery) -> None:
     def sentinel(path: str) -> str:
         write_stamp(path)
         return "done"
+
+    @app.task(name="bench.plain_email")
+    def plain_email(i: int, host: str, port: int) -> str:
+        # What a plain Celery email task does: one smtplib connection per mail.
+        message = EmailMessage()
+        message["From"] = "Magnetiq <no-reply@magnetiq.local>"
+        message["To"] = f"user{i}@example.com"
+        message["Subject"] = f"Welcome to Magnetiq, User {i}!"
+        message.set_content(f"Hello User {i},\n\nwelcome to Magnetiq!\n")
+        message.add_alternative(f"<h1>Hello User {i},</h1><p>welcome to Magnetiq!</p>", subtype="html")
+        with smtplib.SMTP(host, port, timeout=10) as smtp:
+            smtp.send_message(message)
+        return "sent"
 
     @app.task(name="bench.latency", ignore_result=True)
     def latency(sent: float, out_dir: str) -> None:

@@ -67,3 +67,8 @@ def test_bench_runs_every_figure_and_prints_the_table(broker: Connection, databa
         line for line in done.stdout.splitlines() if line.startswith("| booking flow, booking profile | ")
     ]
     assert len(flow_rows) == 1, done.stdout
+    # both email drains delivered every email and stored one result row per email
+    emails = re.findall(r"\] (.+?) +[\d,.]+ +(\d+) emails in [\d.]+s, (\d+) result rows", done.stderr)
+    assert [name for name, _, _ in emails] == ["fleet email, results", "plain email, stock db backend"]
+    for name, sent, rows in emails:
+        assert int(rows) == int(sent), name

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.mail.bridge import AsyncioBridge
+from app.mail.bridge import SWITCH_INTERVAL, AsyncioBridge
 
 #: Seconds each concurrent call sleeps on the loop.
 CALL_SLEEP = 0.2
@@ -133,3 +134,11 @@ def test_exception_creating_the_coroutine_reaches_the_caller(bridge: AsyncioBrid
     # then the caller gets the factory's exception
     with pytest.raises(Boom):
         bridge.run(broken_factory, timeout=0.3)
+
+
+def test_starting_the_loop_shortens_the_switch_interval(bridge: AsyncioBridge) -> None:
+    # given a process whose bridge loop runs
+    bridge.loop()
+
+    # then threads hand the GIL over at least every SWITCH_INTERVAL
+    assert sys.getswitchinterval() <= SWITCH_INTERVAL

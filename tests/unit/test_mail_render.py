@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 from jinja2 import UndefinedError
+from markupsafe import escape
 
+from app.mail.emails import SAMPLES
 from app.mail.render import TEMPLATE_NAMES, Renderer
 
 
@@ -96,11 +98,57 @@ def test_missing_variable_is_an_error(renderer: Renderer) -> None:
 
 
 def test_every_declared_template_renders(renderer: Renderer) -> None:
-    # given the declared template names
-    # when each is rendered
-    # then each yields three non-empty parts
+    # given the declared template names, each with its sample data
+    assert set(TEMPLATE_NAMES) == set(SAMPLES)
     for name in TEMPLATE_NAMES:
-        rendered = renderer.render(name, user_name="Ada")
+        outgoing = SAMPLES[name]("Magnetiq <no-reply@magnetiq.local>")
+        # when each is rendered
+        rendered = renderer.render(name, **outgoing.context)
+        # then each yields three non-empty parts that greet the user
         assert rendered.subject
-        assert rendered.text
-        assert rendered.html
+        assert "Ada Lovelace" in rendered.text
+        assert "Ada Lovelace" in rendered.html
+
+
+#: Template data a hostile user could control: markup, template syntax, a huge string.
+HOSTILE = ("<script>alert(1)</script>", "{{7*7}}", "{% raw %}x{% endraw %}{{ ''.__class__ }}", "y" * 50_000)
+
+
+def _every_field(value: str) -> dict[str, dict[str, object]]:
+    """Each template's context with every string field set to ``value``."""
+    base = {
+        "name": value,
+        "booking_ref": value,
+        "resource": value,
+        "starts_at": value,
+        "ends_at": value,
+        "reason": value,
+    }
+    return {
+        "welcome": {"user_name": value},
+        "booking_confirmation": base,
+        "booking_reminder": base,
+        "booking_cancellation": base,
+        "booking_expired": {k: v for k, v in base.items() if k not in ("ends_at", "reason")},
+        "password_reset": {"name": value, "reset_url": value, "expires_minutes": value},
+    }
+
+
+@pytest.mark.parametrize("hostile", HOSTILE, ids=["script", "expression", "dunder", "long"])
+@pytest.mark.parametrize("template", TEMPLATE_NAMES)
+def test_hostile_data_is_escaped_and_never_evaluated_in_every_template(
+    renderer: Renderer, template: str, hostile: str
+) -> None:
+    # given every field of a template set to hostile data
+    context = _every_field(hostile)[template]
+
+    # when it is rendered
+    rendered = renderer.render(template, **context)
+
+    # then HTML carries it escaped, text verbatim, and nothing was evaluated
+    assert escape(hostile) in rendered.html
+    assert "<script>" not in rendered.html
+    assert hostile in rendered.text
+    for part in (rendered.subject, rendered.text, rendered.html):
+        assert "49" not in part
+        assert "<class" not in part and "&lt;class" not in part

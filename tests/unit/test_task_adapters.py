@@ -15,10 +15,17 @@ from sqlalchemy import Engine
 from app.booking.repository import PaymentNotFound
 from app.contracts import InvalidTaskArguments
 from app.mail.render import Renderer
-from app.mail.service import MailService
+from app.mail.service import MailService, message_id
 from app.tasks import booking_tasks, resources
 from app.tasks.booking_tasks import process_payment
-from app.tasks.email_tasks import send_welcome_email
+from app.tasks.email_tasks import (
+    send_booking_cancellation,
+    send_booking_confirmation,
+    send_booking_expired,
+    send_booking_reminder,
+    send_password_reset,
+    send_welcome_email,
+)
 from app.tasks.maintenance import cleanup_old_sessions
 
 #: A value no message should ever echo: it stands for personal data.
@@ -195,3 +202,79 @@ def test_on_failure_logs_identity_but_not_arguments(caplog: pytest.LogCaptureFix
     assert DISTINCTIVE not in caplog.text
     (record,) = caplog.records
     assert record.__dict__["task_id"] == "task-id-1"
+
+
+BOOKING = {
+    "to": "ada@example.com",
+    "name": "Ada",
+    "booking_ref": "BK-9",
+    "resource": "Studio A",
+    "starts_at": "2026-12-01T10:00:00+01:00",
+}
+
+
+@pytest.mark.parametrize(
+    ("task", "kwargs", "summary"),
+    [
+        (
+            send_booking_confirmation,
+            {**BOOKING, "ends_at": "2026-12-01T11:00:00+01:00"},
+            "Booking confirmation",
+        ),
+        (send_booking_reminder, {**BOOKING, "ends_at": "2026-12-01T11:00:00+01:00"}, "Booking reminder"),
+        (send_booking_cancellation, {**BOOKING, "reason": "Closed"}, "Booking cancellation"),
+        (send_booking_expired, BOOKING, "Booking expiry notice"),
+        (
+            send_password_reset,
+            {
+                "to": "ada@example.com",
+                "name": "Ada",
+                "reset_url": "https://m.example/r",
+                "expires_minutes": 30,
+            },
+            "Password reset",
+        ),
+    ],
+)
+def test_each_email_task_sends_one_message_keyed_by_the_producer(
+    sender: RecordingSender, task: Any, kwargs: dict[str, Any], summary: str
+) -> None:
+    # when the task runs with a producer's idempotency key
+    result = task(**kwargs, idempotency_key="producer-key-1")
+
+    # then one message went out whose Message-ID comes from that key
+    (message,) = sender.sent
+    assert message["To"] == "ada@example.com"
+    assert message["Message-ID"] == message_id("producer-key-1")
+    assert result == f"{summary} sent {message_id('producer-key-1')}"
+
+
+@pytest.mark.parametrize(
+    ("task", "kwargs", "field"),
+    [
+        (send_booking_confirmation, {**BOOKING, "ends_at": "2026-12-01T09:00:00+01:00"}, "ends_at"),
+        (send_booking_reminder, {**BOOKING, "ends_at": "2026-12-01T11:00:00"}, "ends_at"),
+        (send_booking_cancellation, {**BOOKING, "reason": "a\r\nBcc: x@evil.example"}, "reason"),
+        (send_booking_expired, {**BOOKING, "booking_ref": "BK 9"}, "booking_ref"),
+        (
+            send_password_reset,
+            {
+                "to": "ada@example.com",
+                "name": "Ada",
+                "reset_url": "javascript:alert(1)",
+                "expires_minutes": 30,
+            },
+            "reset_url",
+        ),
+        (
+            send_welcome_email,
+            {"user_email": "a@example.com", "user_name": "A", "idempotency_key": "a b"},
+            "key",
+        ),
+    ],
+)
+def test_email_tasks_refuse_bad_arguments_before_any_mail(
+    guarded: None, task: Any, kwargs: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidTaskArguments, match=field):
+        task(**kwargs)

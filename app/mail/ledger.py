@@ -1,0 +1,107 @@
+"""The delivery ledger: one row per idempotency key, so an email is sent once.
+
+``claim`` runs before SMTP and ``record_*`` after it. A key whose row says
+``sent`` is never sent again; a row another attempt is ``sending`` is left to
+it until its lease runs out (that attempt's process may have died mid-send).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from sqlalchemy import Engine, text
+
+#: What a claim found: send now, already sent, another attempt holds it, or refused for good.
+ClaimState = Literal["send", "sent", "busy", "refused"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of claiming an idempotency key."""
+
+    state: ClaimState
+    #: The stored reason of a refused (permanently failed) email.
+    reason: str | None = None
+    #: Seconds until a busy key's lease runs out (when another attempt may take it over).
+    retry_in: float | None = None
+
+
+class DeliveryLedger(Protocol):
+    """Where the fleet records which emails it sent."""
+
+    def claim(self, key: str, template: str, message_id: str, task_id: str | None) -> Claim:
+        """Take ``key`` for sending unless it was sent, is being sent, or was refused."""
+
+    def record_sent(self, key: str) -> None:
+        """Mark ``key`` as sent."""
+
+    def record_failure(self, key: str, reason: str, *, permanent: bool) -> None:
+        """Release ``key`` after a failed attempt (``permanent``: never try it again)."""
+
+
+_CLAIM = text(
+    """
+    INSERT INTO email_deliveries AS d
+        (idempotency_key, template, message_id, task_id, status, attempts, updated_at)
+    VALUES (:key, :template, :message_id, :task_id, 'sending', 1, now())
+    ON CONFLICT (idempotency_key) DO UPDATE
+        SET status = 'sending', attempts = d.attempts + 1, task_id = EXCLUDED.task_id, updated_at = now()
+        WHERE d.status = 'pending'
+           OR (d.status = 'sending' AND d.updated_at < now() - make_interval(secs => :lease))
+    RETURNING attempts
+    """
+)
+_STATE = text(
+    "SELECT status, last_error, "
+    "extract(epoch FROM updated_at + make_interval(secs => :lease) - now()) AS lease_left "
+    "FROM email_deliveries WHERE idempotency_key = :key"
+)
+_SENT = text(
+    "UPDATE email_deliveries SET status = 'sent', sent_at = now(), updated_at = now(), last_error = NULL "
+    "WHERE idempotency_key = :key"
+)
+_FAILED = text(
+    "UPDATE email_deliveries SET status = :status, last_error = :reason, updated_at = now() "
+    "WHERE idempotency_key = :key AND status = 'sending'"
+)
+
+
+class SqlDeliveryLedger:
+    """The ledger in PostgreSQL's ``email_deliveries`` (one autocommit statement per step)."""
+
+    def __init__(self, engine: Engine, lease_seconds: float) -> None:
+        """Use ``engine``; a ``sending`` row older than ``lease_seconds`` may be taken over."""
+        self._engine = engine
+        self._lease = lease_seconds
+
+    def claim(self, key: str, template: str, message_id: str, task_id: str | None) -> Claim:
+        """Insert or take over the row of ``key``; otherwise report what holds it."""
+        params = {
+            "key": key,
+            "template": template,
+            "message_id": message_id,
+            "task_id": task_id,
+            "lease": self._lease,
+        }
+        with self._engine.begin() as db:
+            if db.execute(_CLAIM, params).first() is not None:
+                return Claim("send")
+            status, reason, lease_left = db.execute(_STATE, {"key": key, "lease": self._lease}).one()
+        if status == "sent":
+            return Claim("sent")
+        if status == "failed":
+            return Claim("refused", reason)
+        return Claim("busy", retry_in=max(1.0, float(lease_left)))
+
+    def record_sent(self, key: str) -> None:
+        """Mark ``key`` as sent."""
+        with self._engine.begin() as db:
+            db.execute(_SENT, {"key": key})
+
+    def record_failure(self, key: str, reason: str, *, permanent: bool) -> None:
+        """Store the reason; a transient failure leaves the key ``pending`` for the next attempt."""
+        with self._engine.begin() as db:
+            db.execute(
+                _FAILED, {"key": key, "reason": reason, "status": "failed" if permanent else "pending"}
+            )
