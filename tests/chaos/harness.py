@@ -26,9 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from amqp.exceptions import AMQPError
 from kombu import Connection
+from kombu.exceptions import KombuError
 from kombu.utils.uuid import uuid
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
 from app import contracts
 from app.celery_app import celery_app
@@ -307,9 +310,17 @@ class Chaos:
         return ops
 
     def executions(self) -> int:
-        """Task executions recorded so far."""
-        with self.engine.connect() as db:
-            return int(db.execute(text("SELECT count(*) FROM chaos_executions")).scalar_one())
+        """Task executions recorded so far (0 while the database is away)."""
+        try:
+            with self.engine.connect() as db:
+                return int(db.execute(text("SELECT count(*) FROM chaos_executions")).scalar_one())
+        except OperationalError:
+            self.engine.dispose()
+            return 0
+
+    def published(self, operations: list[Operation]) -> int:
+        """Operations the broker confirmed so far."""
+        return sum(o.confirmed for o in operations)
 
     def send(self, operation: Operation) -> None:
         """Publish one operation, retrying under the same task id until confirmed or past the deadline."""
@@ -342,13 +353,19 @@ class Chaos:
             retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
         )  # fmt: skip
 
-    def produce(self, operations: list[Operation], copies: int = 1) -> threading.Thread:
-        """Publish every operation (``copies`` times each: duplicate delivery) from a background thread."""
+    def produce(
+        self, operations: list[Operation], copies: int = 1, interval: float = 0.0
+    ) -> threading.Thread:
+        """Publish every operation (``copies`` times each: duplicate delivery) from a background thread.
+
+        ``interval`` paces the producer (seconds between operations) so a fault lands mid-run.
+        """
 
         def run() -> None:
             for operation in operations:
                 for _ in range(copies):
                     self.send(operation)
+                time.sleep(interval)
 
         thread = threading.Thread(target=run, name="chaos-producer", daemon=True)
         thread.start()
@@ -384,8 +401,12 @@ class Chaos:
         assert not producer.is_alive(), f"the producer hung; its errors: {errors.most_common(3)}"
 
         def settled() -> bool:
-            self.collect_dead_letters()
-            results = self.results()
+            try:
+                self.collect_dead_letters()
+                results = self.results()
+            except (OperationalError, OSError, AMQPError, KombuError):
+                self.engine.dispose()  # a server was restarted under the harness too
+                return False
             return all(
                 o.task_id in self.dead or results.get(o.task_id) in ("SUCCESS", "FAILURE")
                 for o in operations if o.confirmed
@@ -441,10 +462,15 @@ class Chaos:
         return report
 
     def run(
-        self, case: str, operations: list[Operation], fault: Callable[[], None], copies: int = 1
+        self,
+        case: str,
+        operations: list[Operation],
+        fault: Callable[[], None],
+        copies: int = 1,
+        interval: float = 0.0,
     ) -> Report:
         """Publish ``operations`` while ``fault`` runs, drain, count, and fail on any broken promise."""
-        producer = self.produce(operations, copies)
+        producer = self.produce(operations, copies, interval)
         fault()
         self.drain(producer, operations)
         report = self.count(case, operations)

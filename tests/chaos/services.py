@@ -257,6 +257,9 @@ class PostgresCluster:
         wait_for(
             lambda: not pid_alive(pid) and not any(pid_alive(c) for c in children), 30, "PostgreSQL to die"
         )
+        # An unreaped zombie still answers kill(pid, 0), which PostgreSQL takes for a live postmaster.
+        for lock in (self.data / "postmaster.pid", self.base / f".s.PGSQL.{self.port}.lock"):
+            lock.unlink(missing_ok=True)
         self.start()
 
     def stop(self) -> None:
