@@ -27,6 +27,7 @@ __all__ = [
     "enqueue_process_payment",
     "enqueue_welcome_email",
     "publish",
+    "send",
 ]
 
 #: Seconds a publish may take by default: each broker confirm wait, each socket
@@ -62,9 +63,16 @@ def publish(
         TimeoutError: the broker did not confirm in time (same advice).
     """
     validated = contracts.validate_arguments(task_name, model, dict(arguments))
+    return send(task_name, validated.model_dump(mode="json"), task_id=task_id, timeout=timeout)
+
+
+def send(
+    task_name: str, kwargs: dict[str, Any], *, task_id: str | None = None, timeout: float = PUBLISH_TIMEOUT
+) -> AsyncResult[Any]:
+    """Publish already validated JSON ``kwargs`` with publisher confirms, bounded as ``publish`` is."""
     return celery_app.send_task(
         task_name,
-        kwargs=validated.model_dump(mode="json"),
+        kwargs=kwargs,
         task_id=task_id,
         timeout=timeout,
         confirm_timeout=timeout,

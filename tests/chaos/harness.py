@@ -209,6 +209,7 @@ class Chaos:
         self.url = postgres.url(database)
         self.tmp = tmp
         self.workers: list[Worker] = []
+        self.processes: list[subprocess.Popen[bytes]] = []  # relays and producers of this case
         self.reports: list[Report] = []
         self.dead: dict[str, str] = {}  # task id -> dead-letter reason, for every DLQ message seen
         upgrade(self.url)
@@ -228,14 +229,21 @@ class Chaos:
                 for queue in ALL_QUEUES:
                     channel.queue_purge(queue)
         with self.engine.begin() as db:
-            db.execute(
-                text("TRUNCATE payments, task_results, chaos_executions, chaos_effects RESTART IDENTITY")
-            )
+            tables = "payments, task_results, task_outbox, chaos_executions, chaos_effects"
+            db.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
 
     def close(self) -> None:
         """Stop this case's workers and connections."""
         for worker in self.workers:
             worker.stop()
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(10)
         self.engine.dispose()
 
     # -- workers -----------------------------------------------------------------------------------
@@ -371,6 +379,33 @@ class Chaos:
         thread.start()
         return thread
 
+    def outbox_operations(self) -> list[Operation]:
+        """One confirmed operation per committed outbox row (the commit is the producer's confirmation)."""
+        with self.engine.connect() as db:
+            rows = db.execute(text("SELECT task_id, kwargs FROM task_outbox ORDER BY id")).all()
+        return [
+            Operation(int(kwargs["payment_id"]), contracts.PROCESS_PAYMENT, "success", task_id, 1, True)
+            for task_id, kwargs in rows
+        ]
+
+    def published_from_outbox(self) -> int:
+        """Outbox rows the relay stamped sent."""
+        with self.engine.connect() as db:
+            return int(
+                db.execute(text("SELECT count(*) FROM task_outbox WHERE sent_at IS NOT NULL")).scalar_one()
+            )
+
+    def start_relay(self) -> subprocess.Popen[bytes]:
+        """Run ``magnetiq outbox relay`` (polling every 0.2 s) as a process of this case."""
+        log = (self.tmp / f"relay-{len(self.processes)}.log").open("ab")
+        relay = subprocess.Popen(
+            [str(Path(sys.executable).parent / "magnetiq"), "outbox", "relay", "--interval", "0.2"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        log.close()
+        self.processes.append(relay)
+        return relay
+
     # -- drain and count ---------------------------------------------------------------------------
 
     def collect_dead_letters(self) -> None:
@@ -394,11 +429,14 @@ class Chaos:
         counts = dict(line.split() for line in out.splitlines() if line.strip())
         return sum(int(counts.get(queue, 0)) for queue in WORK_QUEUES)
 
-    def drain(self, producer: threading.Thread, operations: list[Operation], timeout: float = 240) -> None:
+    def drain(
+        self, producer: threading.Thread | None, operations: list[Operation], timeout: float = 240
+    ) -> None:
         """Wait for the producer, then for every confirmed operation to settle and the queues to empty."""
-        producer.join(PRODUCER_DEADLINE * 3)
-        errors = Counter(o.error for o in operations if o.error)
-        assert not producer.is_alive(), f"the producer hung; its errors: {errors.most_common(3)}"
+        if producer is not None:
+            producer.join(PRODUCER_DEADLINE * 3)
+            errors = Counter(o.error for o in operations if o.error)
+            assert not producer.is_alive(), f"the producer hung; its errors: {errors.most_common(3)}"
 
         def settled() -> bool:
             try:
@@ -472,6 +510,12 @@ class Chaos:
         """Publish ``operations`` while ``fault`` runs, drain, count, and fail on any broken promise."""
         producer = self.produce(operations, copies, interval)
         fault()
+        return self.settle(case, operations, producer)
+
+    def settle(
+        self, case: str, operations: list[Operation], producer: threading.Thread | None = None
+    ) -> Report:
+        """Drain, count, and fail on any broken promise."""
         self.drain(producer, operations)
         report = self.count(case, operations)
         assert not report.problems(), f"{case}: {', '.join(report.problems())}\n{render([report])}"
