@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from celery.result import AsyncResult
+from kombu import Producer
 
 from app import contracts
 from app.celery_app import celery_app
@@ -67,13 +68,25 @@ def publish(
 
 
 def send(
-    task_name: str, kwargs: dict[str, Any], *, task_id: str | None = None, timeout: float = PUBLISH_TIMEOUT
+    task_name: str,
+    kwargs: dict[str, Any],
+    *,
+    task_id: str | None = None,
+    timeout: float = PUBLISH_TIMEOUT,
+    producer: Producer | None = None,
 ) -> AsyncResult[Any]:
-    """Publish already validated JSON ``kwargs`` with publisher confirms, bounded as ``publish`` is."""
+    """Publish already validated JSON ``kwargs`` with publisher confirms, bounded as ``publish`` is.
+
+    Nothing is declared: workers and ``magnetiq topology apply`` own the
+    topology, so a producer needs write access to ``magnetiq.tasks`` alone.
+    ``producer`` publishes on a connection of the caller's (its pool by default).
+    """
     return celery_app.send_task(
         task_name,
         kwargs=kwargs,
         task_id=task_id,
+        producer=producer,
+        declare=[],
         timeout=timeout,
         confirm_timeout=timeout,
         retry=True,
