@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ LEDGER_DSN = os.environ.get("CHAOS_LEDGER_DSN", "")
 #: Seconds every task sleeps after its execution is recorded, before its body runs.
 TASK_DELAY = float(os.environ.get("CHAOS_TASK_DELAY", "0"))
 
+_lock = threading.Lock()
 _connection: dict[int, Any] = {}  # pid -> psycopg2 connection (prefork children each open their own)
 
 
@@ -46,6 +48,11 @@ def operation_of(kwargs: dict[str, Any]) -> int | None:
 def record_execution(task_id: str, task_name: str, op: int | None) -> None:
     """Append one row to ``chaos_executions``; a database outage loses the row, not the task."""
     pid = os.getpid()
+    with _lock:  # one connection per process; gevent greenlets take turns (the lock is patched)
+        _record(pid, task_id, task_name, op)
+
+
+def _record(pid: int, task_id: str, task_name: str, op: int | None) -> None:
     try:
         connection = _connection.get(pid)
         if connection is None or connection.closed:

@@ -43,6 +43,7 @@ from routing import declare_topology, names
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
 from tests.chaos import faults
 from tests.chaos.services import PostgresCluster, RabbitNode, descendants, pid_alive, wait_for
+from tests.chaos.smtp import FaultySmtp
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK_QUEUES = [queue.name for queue in TASK_QUEUES]
@@ -51,6 +52,11 @@ ALL_QUEUES = [*WORK_QUEUES, *(queue.name for queue in DEAD_LETTER_QUEUES)]
 PRODUCER_DEADLINE = 90.0
 #: Seconds one publish call may take (each confirm wait and connection attempt).
 PUBLISH_TIMEOUT = 5.0
+#: The fleet's tasks the cases publish through the producer API, with their argument models.
+MODELS: dict[str, type[contracts.Arguments]] = {
+    contracts.PROCESS_PAYMENT: contracts.ProcessPaymentArgs,
+    contracts.SEND_WELCOME_EMAIL: contracts.WelcomeEmailArgs,
+}
 
 LEDGER_DDL = """
 CREATE TABLE IF NOT EXISTS chaos_executions (
@@ -80,7 +86,21 @@ class Operation:
     @property
     def kwargs(self) -> dict[str, Any]:
         """The task's keyword arguments."""
-        return {"payment_id": self.op} if self.task_name == contracts.PROCESS_PAYMENT else {"op": self.op}
+        if self.task_name == contracts.PROCESS_PAYMENT:
+            return {"payment_id": self.op}
+        if self.task_name == contracts.SEND_WELCOME_EMAIL:
+            return {"user_email": recipient(self.op), "user_name": f"User {self.op}"}
+        return {"op": self.op}
+
+    @property
+    def has_effect(self) -> bool:
+        """Whether success means an effect the ledger sees (a processed payment, a delivered email)."""
+        return self.task_name in (contracts.PROCESS_PAYMENT, contracts.SEND_WELCOME_EMAIL)
+
+
+def recipient(op: int) -> str:
+    """The address an email operation is sent to."""
+    return f"op-{op}@example.com"
 
 
 @dataclass
@@ -212,6 +232,7 @@ class Chaos:
         self.processes: list[subprocess.Popen[bytes]] = []  # relays and producers of this case
         self.reports: list[Report] = []
         self.dead: dict[str, str] = {}  # task id -> dead-letter reason, for every DLQ message seen
+        self.smtp: FaultySmtp | None = None  # the SMTP server of an email case
         upgrade(self.url)
         self.engine: Engine = engine_for(sqlalchemy_url(self.url))
         with self.engine.begin() as db:
@@ -236,6 +257,8 @@ class Chaos:
         """Stop this case's workers and connections."""
         for worker in self.workers:
             worker.stop()
+        if self.smtp is not None:
+            self.smtp.stop()
         for process in self.processes:
             if process.poll() is None:
                 process.terminate()
@@ -257,6 +280,8 @@ class Chaos:
             METRICS_PORT="0",
             LOG_LEVEL="INFO",
         )
+        if self.smtp is not None:
+            env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(self.smtp.port), SMTP_TIMEOUT="5")
         worker = Worker(role, self.tmp / f"{role}-{len(self.workers)}.log", env, list(extra))
         self.workers.append(worker)
         self.wait_consuming(worker)
@@ -308,6 +333,13 @@ class Chaos:
 
     # -- operations --------------------------------------------------------------------------------
 
+    def emails(self, count: int, first: int = 1) -> list[Operation]:
+        """Start this case's SMTP server; return ``count`` welcome-email operations."""
+        if self.smtp is None:
+            self.smtp = FaultySmtp()
+            self.smtp.start()
+        return [Operation(op, contracts.SEND_WELCOME_EMAIL, "success") for op in range(first, first + count)]
+
     def payments(self, count: int, first: int = 1) -> list[Operation]:
         """Create ``count`` pending payments; return one process-payment operation for each."""
         ops = [Operation(op, contracts.PROCESS_PAYMENT, "success") for op in range(first, first + count)]
@@ -349,9 +381,15 @@ class Chaos:
             time.sleep(0.5)
 
     def _publish(self, operation: Operation) -> None:
-        if operation.task_name == contracts.PROCESS_PAYMENT:
-            publish(operation.task_name, contracts.ProcessPaymentArgs, operation.kwargs,
-                    task_id=operation.task_id, timeout=PUBLISH_TIMEOUT)  # fmt: skip
+        model = MODELS.get(operation.task_name)
+        if model is not None:
+            publish(
+                operation.task_name,
+                model,
+                operation.kwargs,
+                task_id=operation.task_id,
+                timeout=PUBLISH_TIMEOUT,
+            )
             return
         short = operation.task_name.rsplit(".", 1)[1]
         celery_app.send_task(
@@ -463,6 +501,10 @@ class Chaos:
         with self.engine.connect() as db:
             effects = Counter(db.execute(text("SELECT op FROM chaos_effects")).scalars())
             executions = Counter(db.execute(text("SELECT op FROM chaos_executions")).scalars())
+        if self.smtp is not None:  # an email's effect: a message the SMTP server accepted
+            effects.update(
+                {int(to.split("@")[0].removeprefix("op-")): n for to, n in self.smtp.delivered.items()}
+            )
         known = {o.op for o in operations}
         outcomes: Counter[str] = Counter()
         lost = not_as_expected = 0
@@ -470,7 +512,7 @@ class Chaos:
             status = results.get(o.task_id)
             if o.task_id in self.dead:
                 outcome = "dlq"
-            elif status == "SUCCESS" and (o.task_name != contracts.PROCESS_PAYMENT or effects[o.op] >= 1):
+            elif status == "SUCCESS" and (not o.has_effect or effects[o.op] >= 1):
                 outcome = "success"
             elif status == "FAILURE":
                 outcome = "failure"
@@ -509,7 +551,11 @@ class Chaos:
     ) -> Report:
         """Publish ``operations`` while ``fault`` runs, drain, count, and fail on any broken promise."""
         producer = self.produce(operations, copies, interval)
-        fault()
+        try:
+            fault()
+        except (AssertionError, TimeoutError) as exc:
+            errors = Counter(o.error for o in operations if o.error).most_common(3)
+            raise AssertionError(f"{case}: the fault step failed ({exc}); producer errors: {errors}") from exc
         return self.settle(case, operations, producer)
 
     def settle(
