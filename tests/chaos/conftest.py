@@ -7,6 +7,7 @@ private servers only.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from tests.chaos.services import PostgresCluster, RabbitNode
 
 BASE = Path(tempfile.mkdtemp(prefix="magnetiq-chaos-"))
 BASE.chmod(0o755)  # the postgres user runs the private cluster when the tests run as root
+atexit.register(shutil.rmtree, BASE, True)  # also when the servers never started
 RABBIT = RabbitNode(BASE / "rabbitmq")
 POSTGRES = PostgresCluster(BASE / "postgres")
 DATABASE = "magnetiq"
