@@ -16,6 +16,7 @@ import logging
 import threading
 from typing import Any
 
+from amqp.exceptions import AMQPError
 from kombu.exceptions import KombuError
 from kombu.utils.uuid import uuid
 from sqlalchemy import Connection, Engine, func, insert, select, update
@@ -77,7 +78,7 @@ def relay_once(engine: Engine, batch: int = BATCH, timeout: float = PUBLISH_TIME
             stamp = update(task_outbox).where(task_outbox.c.id == row_id)
             try:
                 send(task_name, kwargs, task_id=task_id, timeout=timeout)
-            except (KombuError, OSError) as exc:  # TimeoutError is an OSError
+            except (AMQPError, KombuError, OSError) as exc:  # TimeoutError is an OSError
                 error = f"{type(exc).__name__}: {exc}"
                 db.execute(stamp.values(attempts=task_outbox.c.attempts + 1, last_error=error[:500]))
                 log.warning("outbox relay: publishing %s[%s] failed: %s", task_name, task_id, error)

@@ -80,6 +80,12 @@ def send(
     Nothing is declared: workers and ``magnetiq topology apply`` own the
     topology, so a producer needs write access to ``magnetiq.tasks`` alone.
     ``producer`` publishes on a connection of the caller's (its pool by default).
+
+    Raises:
+        amqp.exceptions.ChannelError: no queue is bound for the task (``NO_ROUTE``;
+            run ``magnetiq topology apply``), or the broker refused the publish.
+        kombu.exceptions.OperationalError: the broker could not be reached in time.
+        TimeoutError: the broker did not confirm in time.
     """
     return celery_app.send_task(
         task_name,
@@ -87,6 +93,7 @@ def send(
         task_id=task_id,
         producer=producer,
         declare=[],
+        mandatory=True,  # no queue bound: the broker returns it and this raises, never a silent drop
         timeout=timeout,
         confirm_timeout=timeout,
         retry=True,

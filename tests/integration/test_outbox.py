@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from app import contracts, outbox
 from app.schema import task_outbox
-from routing import names
+from routing import declare_topology, names
 from tests.integration.conftest import queue_depth
 
 
@@ -41,3 +41,19 @@ def test_an_invalid_task_never_reaches_the_outbox(database: Any) -> None:
         outbox.add(db, contracts.PROCESS_PAYMENT, contracts.ProcessPaymentArgs, payment_id="1")
     with database.connect() as db:
         assert db.execute(select(task_outbox)).all() == []
+
+
+def test_an_unroutable_task_is_an_error_and_stays_in_the_outbox(broker: Connection, database: Any) -> None:
+    with database.begin() as db:
+        outbox.add(db, contracts.PROCESS_PAYMENT, contracts.ProcessPaymentArgs, payment_id=4)
+    with broker.channel() as channel:  # a vhost whose booking queue lost its bindings
+        for key in (names.binding_key(names.BOOKING), f"#.{names.BOOKING}.#"):
+            channel.queue_unbind(names.BOOKING, names.TASKS_EXCHANGE, key)
+    try:
+        assert outbox.relay_once(database) == 0
+    finally:
+        declare_topology(broker)
+    with database.connect() as db:
+        row = db.execute(select(task_outbox.c.sent_at, task_outbox.c.last_error)).one()
+    assert row.sent_at is None and "NO_ROUTE" in row.last_error
+    assert outbox.relay_once(database) == 1  # bound again: relayed
