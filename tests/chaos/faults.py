@@ -20,6 +20,7 @@ from app.celery_app import celery_app
 
 ALWAYS_CRASH = "tests.chaos.faults.always_crash"
 ALWAYS_RAISE = "tests.chaos.faults.always_raise"
+APPLY_UNGUARDED = "tests.chaos.faults.apply_unguarded"
 #: The ledger's database (a plain ``postgresql://`` URL).
 LEDGER_DSN = os.environ.get("CHAOS_LEDGER_DSN", "")
 #: Seconds every task sleeps after its execution is recorded, before its body runs.
@@ -86,3 +87,14 @@ def always_crash(op: int) -> None:
 def always_raise(op: int) -> None:
     """Fail every time."""
     raise AlwaysFails(f"operation {op} always fails")
+
+
+@celery_app.task(name=APPLY_UNGUARDED)
+def apply_unguarded(op: int) -> None:
+    """Mark payment ``op`` processed with no idempotency guard: each run is another effect.
+
+    Only the harness's self-check uses it, to show that duplicate effects are caught.
+    """
+    with psycopg2.connect(LEDGER_DSN, connect_timeout=3) as connection, connection.cursor() as cursor:
+        cursor.execute("UPDATE payments SET status = 'processed', processed_at = now() WHERE id = %s", (op,))
+    connection.close()
