@@ -8,7 +8,7 @@ TEST_VHOST ?= magnetiq_test
 PROFILE ?= email
 
 .DEFAULT_GOAL := help
-.PHONY: bench help install run test test-unit test-integration lint fmt typecheck check services \
+.PHONY: bench help install run test test-unit test-integration chaos lint fmt typecheck check services \
         worker worker-email worker-booking worker-maintenance beat migrate topology clean
 
 help: ## List the targets
@@ -38,6 +38,9 @@ test-unit: $(STAMP) ## Unit and contract tests only (no services needed)
 
 test-integration: $(STAMP) services ## Integration tests only
 	$(BIN)/python -m pytest -m integration
+
+chaos: $(STAMP) ## Fault harness: private RabbitMQ + PostgreSQL, real workers, faults, a table per case
+	$(BIN)/python -m pytest tests/chaos --timeout 600
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .

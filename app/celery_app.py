@@ -34,9 +34,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_max_retries": 10,
         "result_expires": settings.result_expires,
         "result_extended": False,  # args may carry personal data: never stored
-        "accept_content": ["json"],
+        # JSON, or JSON signed with the auth serializer when TASK_SIGNING_* are set.
+        "accept_content": ["auth"] if settings.signing else ["json"],
         "result_accept_content": ["json"],
-        "task_serializer": "json",
+        "task_serializer": "auth" if settings.signing else "json",
+        "security_key": settings.task_signing_key,
+        "security_certificate": settings.task_signing_cert,
+        "security_cert_store": settings.task_signing_cert_store,
+        "security_digest": "sha256",
         "result_serializer": "json",
         "timezone": "UTC",
         "enable_utc": True,
@@ -82,6 +87,10 @@ def create_celery(settings: Settings) -> Celery:
     """Build the fleet's Celery app from settings."""
     app = Celery("magnetiq", include=list(TASK_MODULES), set_as_current=True)
     app.conf.update(celery_config(settings))
+    if settings.signing:
+        # Registers the auth serializer (JSON inside) and disables every other
+        # unsafe serializer; messages without a trusted signature are refused.
+        app.setup_security(allowed_serializers={"json"}, serializer="json")
     return app
 
 

@@ -97,8 +97,20 @@ WebUrl = Annotated[
 ]
 
 
+#: Largest JSON encoding of one task's arguments, in bytes. Tasks carry ids and
+#: short strings, never documents: a bigger payload is a bug or an attack.
+MAX_PAYLOAD_BYTES = 128 * 1024
+#: Largest message body a worker decodes: the payload cap with room for JSON
+#: escaping (up to 6 bytes per character) and the protocol envelope.
+MAX_MESSAGE_BYTES = 6 * MAX_PAYLOAD_BYTES + 4096
+
+
 class InvalidTaskArguments(ValueError):
     """A task's arguments can never be valid: fail at once, never retry."""
+
+
+class PayloadTooLarge(InvalidTaskArguments):
+    """A task's arguments encode to more than ``MAX_PAYLOAD_BYTES``."""
 
 
 class Arguments(BaseModel):
@@ -254,12 +266,19 @@ def validate_arguments(task_name: str, model: type[Arguments], values: dict[str,
     Raises:
         InvalidTaskArguments: naming the task and every bad field, without the
             rejected values (they may be personal data).
+        PayloadTooLarge: the arguments encode to more than ``MAX_PAYLOAD_BYTES``.
     """
     try:
-        return model.model_validate(values)
+        arguments = model.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc']) or 'arguments'}: {error['msg']}"
             for error in exc.errors(include_input=False, include_url=False)
         )
         raise InvalidTaskArguments(f"{task_name}: invalid arguments: {problems}") from None
+    size = len(arguments.model_dump_json())
+    if size > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(
+            f"{task_name}: arguments of {size} bytes exceed the {MAX_PAYLOAD_BYTES}-byte cap"
+        )
+    return arguments

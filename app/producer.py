@@ -10,9 +10,11 @@ broker did not confirm.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from celery.result import AsyncResult
+from kombu import Producer
 
 from app import contracts
 from app.celery_app import celery_app
@@ -33,7 +35,85 @@ __all__ = [
     "enqueue_process_booking",
     "enqueue_process_payment",
     "enqueue_welcome_email",
+    "publish",
+    "send",
 ]
+
+#: Seconds a publish may take by default: each broker confirm wait, each socket
+#: read and write, and each connection attempt; with at most 3 reconnects the
+#: call returns or raises within a few multiples of it, never blocking a request forever.
+PUBLISH_TIMEOUT = 5.0
+#: How often ``publish`` reconnects and republishes before it raises.
+PUBLISH_RETRIES = 3
+
+
+def publish(
+    task_name: str,
+    model: type[contracts.Arguments],
+    arguments: Mapping[str, Any],
+    *,
+    task_id: str | None = None,
+    timeout: float = PUBLISH_TIMEOUT,
+) -> AsyncResult[Any]:
+    """Validate ``arguments`` and publish ``task_name``; return once the broker confirmed it.
+
+    Args:
+        task_name: the task's dotted name (a ``contracts`` constant).
+        model: the task's argument model.
+        arguments: the task's keyword arguments.
+        task_id: the id to publish under; a caller that retries after an error
+            passes the same id again, so the task runs once whatever the first try did.
+        timeout: seconds each confirm wait and each connection attempt may take.
+
+    Raises:
+        contracts.InvalidTaskArguments: the arguments can never be valid.
+        kombu.exceptions.OperationalError: the broker could not be reached in time
+            (the task may or may not be queued: publish again with the same ``task_id``).
+        TimeoutError: the broker did not confirm in time (same advice).
+    """
+    validated = contracts.validate_arguments(task_name, model, dict(arguments))
+    # None is every optional argument's default: leave it out, so messages stay as before.
+    kwargs = validated.model_dump(mode="json", exclude_none=True)
+    return send(task_name, kwargs, task_id=task_id, timeout=timeout)
+
+
+def send(
+    task_name: str,
+    kwargs: dict[str, Any],
+    *,
+    task_id: str | None = None,
+    timeout: float = PUBLISH_TIMEOUT,
+    producer: Producer | None = None,
+) -> AsyncResult[Any]:
+    """Publish already validated JSON ``kwargs`` with publisher confirms, bounded as ``publish`` is.
+
+    Nothing is declared: workers and ``magnetiq topology apply`` own the
+    topology, so a producer needs write access to ``magnetiq.tasks`` alone.
+    ``producer`` publishes on a connection of the caller's (its pool by default).
+
+    Raises:
+        amqp.exceptions.ChannelError: no queue is bound for the task (``NO_ROUTE``;
+            run ``magnetiq topology apply``), or the broker refused the publish.
+        kombu.exceptions.OperationalError: the broker could not be reached in time.
+        TimeoutError: the broker did not confirm in time.
+    """
+    return celery_app.send_task(
+        task_name,
+        kwargs=kwargs,
+        task_id=task_id,
+        producer=producer,
+        declare=[],
+        mandatory=True,  # no queue bound: the broker returns it and this raises, never a silent drop
+        timeout=timeout,
+        confirm_timeout=timeout,
+        retry=True,
+        retry_policy={
+            "max_retries": PUBLISH_RETRIES,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
+    )
 
 
 def enqueue(task_name: str, model: type[contracts.Arguments], **arguments: Any) -> AsyncResult[Any]:
@@ -42,9 +122,7 @@ def enqueue(task_name: str, model: type[contracts.Arguments], **arguments: Any) 
     Raises:
         contracts.InvalidTaskArguments: the arguments can never be valid.
     """
-    validated = contracts.validate_arguments(task_name, model, arguments)
-    # None is every optional argument's default: leave it out, so messages stay as before.
-    return celery_app.send_task(task_name, kwargs=validated.model_dump(mode="json", exclude_none=True))
+    return publish(task_name, model, arguments)
 
 
 def enqueue_welcome_email(

@@ -130,7 +130,7 @@ def validate_calls(
         try:
             arguments = contracts.validate_arguments(task_name, model, dict(call))
         except contracts.InvalidTaskArguments as exc:
-            raise contracts.InvalidTaskArguments(f"call #{index}: {exc}") from None
+            raise type(exc)(f"call #{index}: {exc}") from None  # keeps PayloadTooLarge apart
         validated.append(arguments.model_dump(mode="json", exclude_none=True))
     return validated
 

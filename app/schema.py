@@ -244,3 +244,19 @@ booking_import_errors = Table(
     Column("message", Text, nullable=False),
     PrimaryKeyConstraint("import_id", "line"),
 )
+
+#: The transactional outbox: a producer writes a task here in its own transaction;
+#: the relay publishes committed rows (with confirms) and stamps ``sent_at``.
+task_outbox = Table(
+    "task_outbox",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("task_id", String(155), nullable=False, unique=True),
+    Column("task_name", String(255), nullable=False),
+    Column("kwargs", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("sent_at", DateTime(timezone=True)),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("last_error", Text),
+    Index("ix_task_outbox_unsent", "id", postgresql_where=text("sent_at IS NULL")),
+)

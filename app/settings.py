@@ -117,6 +117,14 @@ class Settings(BaseSettings):
     #: Seconds after which a prefork task's process is killed.
     task_time_limit: int = Field(default=150, gt=0)
 
+    #: Message signing (Celery's ``auth`` serializer): this process's private key
+    #: (PEM file), its certificate, and the trusted certificates of every signer
+    #: (a directory or glob). All three set turns signing on: messages are signed
+    #: and only signed messages from a trusted certificate are accepted.
+    task_signing_key: str | None = None
+    task_signing_cert: str | None = None
+    task_signing_cert_store: str | None = None
+
     @field_validator("celery_broker_url")
     @classmethod
     def _amqp_only(cls, value: str) -> str:
@@ -133,6 +141,11 @@ class Settings(BaseSettings):
     def _limits_and_secrets(self) -> Settings:
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ValueError("TASK_SOFT_TIME_LIMIT must be below TASK_TIME_LIMIT")
+        signing = (self.task_signing_key, self.task_signing_cert, self.task_signing_cert_store)
+        if any(signing) and not all(signing):
+            raise ValueError(
+                "set all of TASK_SIGNING_KEY, TASK_SIGNING_CERT, TASK_SIGNING_CERT_STORE, or none"
+            )
         if self.magnetiq_env == "prod":
             broker_password = urlsplit(self.celery_broker_url).password
             smtp_password = self.smtp_password.get_secret_value() if self.smtp_password else None
@@ -145,6 +158,11 @@ class Settings(BaseSettings):
     def smtp_server(self) -> str:
         """The SMTP host to connect to (the local sink when ``SMTP_HOST`` is unset)."""
         return self.smtp_host or "127.0.0.1"
+
+    @property
+    def signing(self) -> bool:
+        """Whether task messages are signed (``auth`` serializer)."""
+        return self.task_signing_key is not None
 
     @property
     def result_backend_url(self) -> str:

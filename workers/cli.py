@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import mailbox
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
 
+from app.db import engine_for
 from app.mail.emails import SAMPLES
 from app.mail.preview import write_preview
 from app.migrate import upgrade
+from app.outbox import BATCH, POLL_INTERVAL, relay, relay_once
 from app.settings import get_settings, mask_url
 from routing import declare_topology
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
@@ -93,6 +97,28 @@ def mail_preview(templates: tuple[str, ...], out: Path) -> None:
     for template in templates or tuple(SAMPLES):
         for path in write_preview(template, out, mail_from):
             click.echo(str(path))
+
+
+@main.group()
+def outbox() -> None:
+    """The transactional outbox (tasks written in a producer's transaction)."""
+
+
+@outbox.command("relay")
+@click.option("--once", is_flag=True, help="Publish what is waiting now, then exit.")
+@click.option("--batch", default=BATCH, show_default=True, help="Rows locked and published per transaction.")
+@click.option("--interval", default=POLL_INTERVAL, show_default=True, help="Seconds between polls when idle.")
+def outbox_relay(once: bool, batch: int, interval: float) -> None:
+    """Publish committed outbox rows with publisher confirms; SIGTERM or Ctrl-C stops it."""
+    engine = engine_for(get_settings().database_url)
+    if once:
+        click.echo(f"relayed {relay_once(engine, batch)} tasks")
+        return
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    click.echo(f"outbox relay: publishing committed tasks from {mask_url(get_settings().database_url)}")
+    relay(engine, stop, batch, interval)
 
 
 @main.command()

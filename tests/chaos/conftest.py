@@ -1,0 +1,80 @@
+"""Fault-harness fixtures: a private RabbitMQ node and PostgreSQL cluster, once per session.
+
+The ports are chosen when this module is imported, before the fleet's settings
+are read, so the producer in this process and every worker it starts talk to the
+private servers only.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.services import PostgresCluster, RabbitNode
+
+BASE = Path(tempfile.mkdtemp(prefix="magnetiq-chaos-"))
+BASE.chmod(0o755)  # the postgres user runs the private cluster when the tests run as root
+atexit.register(shutil.rmtree, BASE, True)  # also when the servers never started
+RABBIT = RabbitNode(BASE / "rabbitmq")
+POSTGRES = PostgresCluster(BASE / "postgres")
+DATABASE = "magnetiq"
+
+os.environ["CELERY_BROKER_URL"] = RABBIT.url()
+os.environ["DATABASE_URL"] = POSTGRES.url(DATABASE)
+os.environ["CHAOS_LEDGER_DSN"] = POSTGRES.url(DATABASE)
+
+from app.celery_app import celery_app  # noqa: E402
+from tests.chaos.harness import Chaos, Report, render  # noqa: E402
+
+REPORTS: list[Report] = []
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark everything here as a chaos test (slow, real services)."""
+    for item in items:
+        if "/chaos/" in str(item.fspath):
+            item.add_marker(pytest.mark.chaos)
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[tuple[RabbitNode, PostgresCluster]]:
+    """Start the private servers once; stop them (by process id) at the end."""
+    if not Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists():
+        pytest.fail("the fault harness needs rabbitmq-server (Debian package rabbitmq-server)")
+    POSTGRES.init()
+    try:
+        pg_seconds = POSTGRES.start()
+        rabbit_seconds = RABBIT.start()
+        print(f"\nprivate PostgreSQL up in {pg_seconds:.1f}s, RabbitMQ in {rabbit_seconds:.1f}s")
+        yield RABBIT, POSTGRES
+    finally:
+        celery_app.close()  # the producer pool's connections
+        RABBIT.stop()
+        POSTGRES.stop()
+        shutil.rmtree(BASE, ignore_errors=True)
+
+
+@pytest.fixture
+def chaos(services: tuple[RabbitNode, PostgresCluster], tmp_path: Path) -> Iterator[Chaos]:
+    """A fresh case: empty queues and tables; its workers are stopped and its table kept afterwards."""
+    rabbit, postgres = services
+    harness = Chaos(rabbit, postgres, DATABASE, tmp_path)
+    harness.reset()
+    try:
+        yield harness
+    finally:
+        harness.close()
+        REPORTS.extend(harness.reports)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the table of every case that ran."""
+    if REPORTS:
+        terminalreporter.section("fault harness")
+        terminalreporter.write_line(render(REPORTS))

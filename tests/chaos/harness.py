@@ -1,0 +1,583 @@
+"""The fault harness: record every operation, run real workers, inject a fault, drain, count.
+
+Every operation is one task the harness publishes (a payment to process, or a
+task that always crashes or raises). The producer side is recorded here (each
+publish attempt, whether the broker confirmed it, the error if not); the worker
+side is recorded in the private database: ``chaos_executions`` (a row each time
+a task starts, written by ``tests.chaos.faults``) and ``chaos_effects`` (a row
+each time a payment turns ``processed``, written by a trigger in the same
+transaction as the effect). After draining, each operation must end as a
+success (its effect present), a failure with a reason (a ``FAILURE`` result, or
+a publish the producer was told failed), or a dead-lettered message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amqp.exceptions import AMQPError
+from kombu import Connection
+from kombu.exceptions import KombuError
+from kombu.utils.uuid import uuid
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
+
+from app import contracts
+from app.celery_app import celery_app
+from app.db import engine_for
+from app.migrate import upgrade
+from app.producer import publish
+from app.settings import sqlalchemy_url
+from routing import declare_topology, names
+from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
+from tests.chaos import faults
+from tests.chaos.services import PostgresCluster, RabbitNode, descendants, pid_alive, wait_for
+from tests.chaos.smtp import FaultySmtp
+
+ROOT = Path(__file__).resolve().parents[2]
+WORK_QUEUES = [queue.name for queue in TASK_QUEUES]
+ALL_QUEUES = [*WORK_QUEUES, *(queue.name for queue in DEAD_LETTER_QUEUES)]
+#: Seconds the producer keeps retrying one operation before it reports it refused.
+PRODUCER_DEADLINE = 90.0
+#: Seconds one publish call may take (each confirm wait and connection attempt).
+PUBLISH_TIMEOUT = 5.0
+#: The fleet's tasks the cases publish through the producer API, with their argument models.
+MODELS: dict[str, type[contracts.Arguments]] = {
+    contracts.PROCESS_PAYMENT: contracts.ProcessPaymentArgs,
+    contracts.SEND_WELCOME_EMAIL: contracts.WelcomeEmailArgs,
+}
+
+LEDGER_DDL = """
+CREATE TABLE IF NOT EXISTS chaos_executions (
+    op bigint, task_id text, task_name text, pid integer, at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE IF NOT EXISTS chaos_effects (
+    op bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE OR REPLACE FUNCTION chaos_payment_effect() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO chaos_effects (op) VALUES (NEW.id); RETURN NEW; END $$;
+CREATE OR REPLACE TRIGGER chaos_payment_effect AFTER UPDATE ON payments FOR EACH ROW
+    WHEN (NEW.status = 'processed') EXECUTE FUNCTION chaos_payment_effect();
+"""
+
+
+@dataclass
+class Operation:
+    """One task the harness asked for, as the producer saw it."""
+
+    op: int
+    task_name: str
+    expect: str  # "success", "failure" or "dlq"
+    task_id: str = field(default_factory=uuid)
+    attempts: int = 0
+    confirmed: bool = False
+    error: str | None = None
+    slowest: float = 0.0
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The task's keyword arguments."""
+        if self.task_name == contracts.PROCESS_PAYMENT:
+            return {"payment_id": self.op}
+        if self.task_name == contracts.SEND_WELCOME_EMAIL:
+            return {"user_email": recipient(self.op), "user_name": f"User {self.op}"}
+        return {"op": self.op}
+
+    @property
+    def has_effect(self) -> bool:
+        """Whether success means an effect the ledger sees (a processed payment, a delivered email)."""
+        return self.task_name in (contracts.PROCESS_PAYMENT, contracts.SEND_WELCOME_EMAIL)
+
+
+def recipient(op: int) -> str:
+    """The address an email operation is sent to."""
+    return f"op-{op}@example.com"
+
+
+@dataclass
+class Report:
+    """The counts of one case; ``problems()`` lists every broken promise."""
+
+    case: str
+    operations: int
+    succeeded: int
+    failed: int
+    dead_lettered: int
+    refused: int
+    lost: int
+    unexpected: int
+    duplicate_effects: int
+    duplicate_executions: int
+    not_as_expected: int
+    slowest_publish: float
+
+    @property
+    def accounted(self) -> int:
+        """Operations that ended as a success, a failure with a reason, or a DLQ entry."""
+        return self.succeeded + self.failed + self.dead_lettered + self.refused
+
+    def problems(self) -> list[str]:
+        """Every count that breaks the fleet's promises (empty when the case passed)."""
+        found = [
+            f"{name} = {value}"
+            for name, value in (
+                ("lost", self.lost),
+                ("unexpected", self.unexpected),
+                ("duplicate effects", self.duplicate_effects),
+                ("not as expected", self.not_as_expected),
+            )
+            if value
+        ]
+        if self.accounted != self.operations:
+            found.append(f"accounted {self.accounted} of {self.operations}")
+        return found
+
+
+COLUMNS = (
+    ("case", "case"), ("ops", "operations"), ("ok", "succeeded"), ("failed", "failed"),
+    ("dlq", "dead_lettered"), ("refused", "refused"), ("lost", "lost"), ("unexpected", "unexpected"),
+    ("dup effects", "duplicate_effects"), ("dup execs", "duplicate_executions"),
+    ("accounted", "accounted"), ("slowest publish", "slowest_publish"),
+)  # fmt: skip
+
+
+def render(reports: Iterable[Report]) -> str:
+    """The table of cases, one row each."""
+    rows = [[title for title, _ in COLUMNS]]
+    for report in reports:
+        row = []
+        for _, attribute in COLUMNS:
+            value = getattr(report, attribute)
+            if attribute == "accounted":
+                value = f"{100 * value / max(report.operations, 1):.0f} %"
+            elif attribute == "slowest_publish":
+                value = f"{value:.1f} s"
+            row.append(str(value))
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+        for row in rows
+    ]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+class Worker:
+    """A real worker process (``python -m workers <role>``) with the test-only faults module."""
+
+    def __init__(self, role: str, log_path: Path, env: dict[str, str], extra: list[str]) -> None:
+        self.role = role
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers", role, "--include", "tests.chaos.faults", *extra],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        """Everything the worker printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and every process it started (ids read from /proc first)."""
+        family = [self.proc.pid, *descendants(self.proc.pid)]
+        for pid in family:
+            if pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    signal_pid(pid, signal.SIGKILL)
+        self.proc.wait(30)
+        wait_for(lambda: not any(pid_alive(pid) for pid in family), 30, "the killed worker's processes")
+
+    def stop(self) -> None:
+        """Warm shutdown; SIGKILL the worker and its children if it takes over 30 s."""
+        if self.proc.poll() is None:
+            family = [self.proc.pid, *descendants(self.proc.pid)]
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                for pid in family:
+                    if pid_alive(pid):
+                        signal_pid(pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+
+
+def signal_pid(pid: int, signum: int) -> None:
+    """Signal one process the harness started (never by name)."""
+    os.kill(pid, signum)
+
+
+class Chaos:
+    """One case's harness: servers, workers, the ledger, the producer, the drain and the counts."""
+
+    def __init__(self, rabbit: RabbitNode, postgres: PostgresCluster, database: str, tmp: Path) -> None:
+        self.rabbit = rabbit
+        self.postgres = postgres
+        self.url = postgres.url(database)
+        self.tmp = tmp
+        self.workers: list[Worker] = []
+        self.processes: list[subprocess.Popen[bytes]] = []  # relays and producers of this case
+        self.reports: list[Report] = []
+        self.dead: dict[str, str] = {}  # task id -> dead-letter reason, for every DLQ message seen
+        self.smtp: FaultySmtp | None = None  # the SMTP server of an email case
+        upgrade(self.url)
+        self.engine: Engine = engine_for(sqlalchemy_url(self.url))
+        with self.engine.begin() as db:
+            db.execute(text(LEDGER_DDL))
+
+    def broker(self) -> Connection:
+        """A fresh kombu connection to the private node."""
+        return Connection(self.rabbit.url(), connect_timeout=5)
+
+    def reset(self) -> None:
+        """Declare the topology, empty every queue and every table the cases use."""
+        with self.broker() as connection:
+            declare_topology(connection)
+            with connection.channel() as channel:
+                for queue in ALL_QUEUES:
+                    channel.queue_purge(queue)
+        with self.engine.begin() as db:
+            tables = "payments, task_results, task_outbox, chaos_executions, chaos_effects"
+            db.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
+
+    def close(self) -> None:
+        """Stop this case's workers and connections."""
+        for worker in self.workers:
+            worker.stop()
+        if self.smtp is not None:
+            self.smtp.stop()
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(10)
+        self.engine.dispose()
+
+    # -- workers -----------------------------------------------------------------------------------
+
+    def start_worker(self, role: str, *extra: str, delay: float = 0.0) -> Worker:
+        """Start a worker of ``role``; return it once it consumes its queue."""
+        env = dict(os.environ)
+        env.update(
+            CHAOS_TASK_DELAY=str(delay),
+            HEALTH_DIR=str(self.tmp / "health"),
+            METRICS_PORT="0",
+            LOG_LEVEL="INFO",
+        )
+        if self.smtp is not None:
+            env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(self.smtp.port), SMTP_TIMEOUT="5")
+        worker = Worker(role, self.tmp / f"{role}-{len(self.workers)}.log", env, list(extra))
+        self.workers.append(worker)
+        self.wait_consuming(worker)
+        return worker
+
+    def signal(self, pid: int, signum: int) -> None:
+        """Signal a process of one of this case's workers (checked against their process trees)."""
+        family = {p for w in self.workers for p in (w.proc.pid, *descendants(w.proc.pid))}
+        assert pid in family, f"pid {pid} is not one of the harness's workers"
+        os.kill(pid, signum)
+
+    def wait_consuming(self, worker: Worker, timeout: float = 60) -> None:
+        """Wait until ``worker`` consumes its queue (it must not exit meanwhile)."""
+
+        def consuming() -> bool:
+            if worker.proc.poll() is not None:
+                raise AssertionError(f"{worker.role} worker exited:\n{worker.log()[-4000:]}")
+            return self.consumers(worker.role) >= 1 and "ready." in worker.log()
+
+        wait_for(consuming, timeout, f"{worker.role} worker to consume")
+
+    def consumers(self, queue: str) -> int:
+        """Consumers of ``queue`` now (0 when the broker is unreachable)."""
+        try:
+            with self.broker() as connection, connection.channel() as channel:
+                return int(channel.queue_declare(queue, passive=True)[2])
+        except Exception:
+            return 0
+
+    def busy_child(self, worker: Worker) -> int:
+        """The pool process of ``worker`` that started the latest task (it is mid-task while it sleeps)."""
+        children = set(descendants(worker.proc.pid))
+
+        def latest() -> int | None:
+            with self.engine.connect() as db:
+                pids = db.execute(text("SELECT pid FROM chaos_executions ORDER BY at DESC LIMIT 5")).scalars()
+                return next((pid for pid in pids if pid in children), None)
+
+        found: int | None = None
+
+        def find() -> bool:
+            nonlocal found
+            found = latest()
+            return found is not None
+
+        wait_for(find, 30, "a busy pool process")
+        assert found is not None
+        return found
+
+    # -- operations --------------------------------------------------------------------------------
+
+    def emails(self, count: int, first: int = 1) -> list[Operation]:
+        """Start this case's SMTP server; return ``count`` welcome-email operations."""
+        if self.smtp is None:
+            self.smtp = FaultySmtp()
+            self.smtp.start()
+        return [Operation(op, contracts.SEND_WELCOME_EMAIL, "success") for op in range(first, first + count)]
+
+    def payments(self, count: int, first: int = 1) -> list[Operation]:
+        """Create ``count`` pending payments; return one process-payment operation for each."""
+        ops = [Operation(op, contracts.PROCESS_PAYMENT, "success") for op in range(first, first + count)]
+        with self.engine.begin() as db:
+            db.execute(
+                text("INSERT INTO payments (id, amount_cents) VALUES (:id, 100)"), [{"id": o.op} for o in ops]
+            )
+        return ops
+
+    def executions(self) -> int:
+        """Task executions recorded so far (0 while the database is away)."""
+        try:
+            with self.engine.connect() as db:
+                return int(db.execute(text("SELECT count(*) FROM chaos_executions")).scalar_one())
+        except OperationalError:
+            self.engine.dispose()
+            return 0
+
+    def published(self, operations: list[Operation]) -> int:
+        """Operations the broker confirmed so far."""
+        return sum(o.confirmed for o in operations)
+
+    def send(self, operation: Operation) -> None:
+        """Publish one operation, retrying under the same task id until confirmed or past the deadline."""
+        deadline = time.monotonic() + PRODUCER_DEADLINE
+        while True:
+            operation.attempts += 1
+            started = time.monotonic()
+            try:
+                self._publish(operation)
+                operation.confirmed, operation.error = True, None
+                return
+            except Exception as exc:  # the producer records every refusal with its reason
+                operation.error = f"{type(exc).__name__}: {exc}"
+            finally:
+                operation.slowest = max(operation.slowest, time.monotonic() - started)
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.5)
+
+    def _publish(self, operation: Operation) -> None:
+        model = MODELS.get(operation.task_name)
+        if model is not None:
+            publish(
+                operation.task_name,
+                model,
+                operation.kwargs,
+                task_id=operation.task_id,
+                timeout=PUBLISH_TIMEOUT,
+            )
+            return
+        short = operation.task_name.rsplit(".", 1)[1]
+        celery_app.send_task(
+            operation.task_name, kwargs=operation.kwargs, task_id=operation.task_id, queue=names.BOOKING,
+            routing_key=names.routing_key(names.BOOKING, short), timeout=PUBLISH_TIMEOUT,
+            confirm_timeout=PUBLISH_TIMEOUT, retry=True,
+            retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
+        )  # fmt: skip
+
+    def produce(
+        self, operations: list[Operation], copies: int = 1, interval: float = 0.0
+    ) -> threading.Thread:
+        """Publish every operation (``copies`` times each: duplicate delivery) from a background thread.
+
+        ``interval`` paces the producer (seconds between operations) so a fault lands mid-run.
+        """
+
+        def run() -> None:
+            for operation in operations:
+                for _ in range(copies):
+                    self.send(operation)
+                time.sleep(interval)
+
+        thread = threading.Thread(target=run, name="chaos-producer", daemon=True)
+        thread.start()
+        return thread
+
+    def outbox_operations(self) -> list[Operation]:
+        """One confirmed operation per committed outbox row (the commit is the producer's confirmation)."""
+        with self.engine.connect() as db:
+            rows = db.execute(text("SELECT task_id, kwargs FROM task_outbox ORDER BY id")).all()
+        return [
+            Operation(int(kwargs["payment_id"]), contracts.PROCESS_PAYMENT, "success", task_id, 1, True)
+            for task_id, kwargs in rows
+        ]
+
+    def published_from_outbox(self) -> int:
+        """Outbox rows the relay stamped sent."""
+        with self.engine.connect() as db:
+            return int(
+                db.execute(text("SELECT count(*) FROM task_outbox WHERE sent_at IS NOT NULL")).scalar_one()
+            )
+
+    def start_relay(self) -> subprocess.Popen[bytes]:
+        """Run ``magnetiq outbox relay`` (polling every 0.2 s) as a process of this case."""
+        log = (self.tmp / f"relay-{len(self.processes)}.log").open("ab")
+        relay = subprocess.Popen(
+            [str(Path(sys.executable).parent / "magnetiq"), "outbox", "relay", "--interval", "0.2"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        log.close()
+        self.processes.append(relay)
+        return relay
+
+    # -- drain and count ---------------------------------------------------------------------------
+
+    def collect_dead_letters(self) -> None:
+        """Move every DLQ message into ``self.dead`` (task id -> reason), acking it."""
+        with self.broker() as connection, connection.channel() as channel:
+            for queue in DEAD_LETTER_QUEUES:
+                while (message := channel.basic_get(queue.name, no_ack=False)) is not None:
+                    headers = message.headers or {}
+                    deaths = headers.get("x-death") or [{}]
+                    self.dead[str(headers.get("id"))] = str(deaths[0].get("reason", "unknown"))
+                    channel.basic_ack(message.delivery_tag)
+
+    def results(self) -> dict[str, str]:
+        """Task id -> stored status."""
+        with self.engine.connect() as db:
+            return {row[0]: row[1] for row in db.execute(text("SELECT task_id, status FROM task_results"))}
+
+    def queued(self) -> int:
+        """Messages in the work queues, ready or unacknowledged (from rabbitmqctl)."""
+        out = self.rabbit.ctl("list_queues", "name", "messages", "--no-table-headers")
+        counts = dict(line.split() for line in out.splitlines() if line.strip())
+        return sum(int(counts.get(queue, 0)) for queue in WORK_QUEUES)
+
+    def drain(
+        self, producer: threading.Thread | None, operations: list[Operation], timeout: float = 240
+    ) -> None:
+        """Wait for the producer, then for every confirmed operation to settle and the queues to empty."""
+        if producer is not None:
+            producer.join(PRODUCER_DEADLINE * 3)
+            errors = Counter(o.error for o in operations if o.error)
+            assert not producer.is_alive(), f"the producer hung; its errors: {errors.most_common(3)}"
+
+        def settled() -> bool:
+            try:
+                self.collect_dead_letters()
+                results = self.results()
+            except (OperationalError, OSError, AMQPError, KombuError):
+                self.engine.dispose()  # a server was restarted under the harness too
+                return False
+            return all(
+                o.task_id in self.dead or results.get(o.task_id) in ("SUCCESS", "FAILURE")
+                for o in operations if o.confirmed
+            )  # fmt: skip
+
+        try:
+            wait_for(settled, timeout, "every operation to settle")
+            wait_for(lambda: self.queued() == 0, 60, "the work queues to empty")
+        except TimeoutError:
+            pass  # count what is there: the table shows what never settled
+        self.collect_dead_letters()
+
+    def count(self, case: str, operations: list[Operation], keep: bool = True) -> Report:
+        """Count the case from the ledger and return its report (kept for the table with ``keep``)."""
+        results = self.results()
+        with self.engine.connect() as db:
+            effects = Counter(db.execute(text("SELECT op FROM chaos_effects")).scalars())
+            executions = Counter(db.execute(text("SELECT op FROM chaos_executions")).scalars())
+        if self.smtp is not None:  # an email's effect: a message the SMTP server accepted
+            effects.update(
+                {int(to.split("@")[0].removeprefix("op-")): n for to, n in self.smtp.delivered.items()}
+            )
+        known = {o.op for o in operations}
+        outcomes: Counter[str] = Counter()
+        lost = not_as_expected = 0
+        for o in operations:
+            status = results.get(o.task_id)
+            if o.task_id in self.dead:
+                outcome = "dlq"
+            elif status == "SUCCESS" and (not o.has_effect or effects[o.op] >= 1):
+                outcome = "success"
+            elif status == "FAILURE":
+                outcome = "failure"
+            elif not o.confirmed and o.error and not effects[o.op]:
+                outcome = "refused"
+            else:
+                outcome = "lost"
+            outcomes[outcome] += 1
+            lost += outcome == "lost"
+            not_as_expected += outcome not in ("lost", o.expect)
+        report = Report(
+            case=case,
+            operations=len(operations),
+            succeeded=outcomes["success"],
+            failed=outcomes["failure"],
+            dead_lettered=outcomes["dlq"],
+            refused=outcomes["refused"],
+            lost=lost,
+            unexpected=sum(n for op, n in effects.items() if op not in known)
+            + sum(n for op, n in executions.items() if op is not None and op not in known),
+            duplicate_effects=sum(1 for n in effects.values() if n > 1),
+            duplicate_executions=sum(1 for op, n in executions.items() if op in known and n > 1),
+            not_as_expected=not_as_expected,
+            slowest_publish=max((o.slowest for o in operations), default=0.0),
+        )
+        if keep:
+            self.reports.append(report)
+        return report
+
+    def run(
+        self,
+        case: str,
+        operations: list[Operation],
+        fault: Callable[[], None],
+        copies: int = 1,
+        interval: float = 0.0,
+    ) -> Report:
+        """Publish ``operations`` while ``fault`` runs, drain, count, and fail on any broken promise."""
+        producer = self.produce(operations, copies, interval)
+        try:
+            fault()
+        except (AssertionError, TimeoutError) as exc:
+            errors = Counter(o.error for o in operations if o.error).most_common(3)
+            raise AssertionError(f"{case}: the fault step failed ({exc}); producer errors: {errors}") from exc
+        return self.settle(case, operations, producer)
+
+    def settle(
+        self,
+        case: str,
+        operations: list[Operation],
+        producer: threading.Thread | None = None,
+        check: bool = True,
+        timeout: float = 240,
+    ) -> Report:
+        """Drain (for at most ``timeout`` s), count, and fail on any broken promise.
+
+        With ``check=False`` (the harness's self-check) the report is returned
+        unchecked and left out of the table.
+        """
+        self.drain(producer, operations, timeout)
+        report = self.count(case, operations, keep=check)
+        if not check:
+            return report
+        assert not report.problems(), f"{case}: {', '.join(report.problems())}\n{render([report])}"
+        return report
+
+
+__all__ = ["Chaos", "Operation", "Report", "faults", "render"]

@@ -1,0 +1,292 @@
+"""Private RabbitMQ and PostgreSQL servers for the fault harness, on ports of their own.
+
+Each server runs from a temporary directory, under its own node name or data
+directory, and is stopped, killed, frozen or restarted only through the process
+id it was started with: the machine's own RabbitMQ and PostgreSQL are never
+touched.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+
+#: Where Debian keeps RabbitMQ's own scripts (the /usr/sbin wrappers switch to the rabbitmq user).
+RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 0.2 s until it returns something true or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+class RabbitNode:
+    """A RabbitMQ node of our own: node name, AMQP and distribution ports, data and logs in ``base``."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.nodename = f"magnetiq-chaos-{os.getpid()}@localhost"
+        self.pid: int | None = None
+        self._launcher: subprocess.Popen[bytes] | None = None
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\nlog.console = false\n"
+        )
+        (base / "enabled_plugins").write_text("[].\n")
+        (base / "rabbitmq-env.conf").write_text("")  # not the machine's: it names the machine's node
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment ``rabbitmq-server`` and ``rabbitmqctl`` run with for this node."""
+        env = dict(os.environ)
+        env.update(
+            HOME=str(self.base),  # the Erlang cookie lives here
+            RABBITMQ_NODENAME=self.nodename,
+            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_MNESIA_BASE=str(self.base / "mnesia"),
+            RABBITMQ_LOG_BASE=str(self.base / "log"),
+            RABBITMQ_CONFIG_FILE=str(self.base / "rabbitmq.conf"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(self.base / "advanced.config"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.base / "enabled_plugins"),
+            RABBITMQ_CONF_ENV_FILE=str(self.base / "rabbitmq-env.conf"),
+            RABBITMQ_PID_FILE=str(self.base / "rabbitmq.pid"),
+            ERL_EPMD_ADDRESS="127.0.0.1",
+        )
+        return env
+
+    def url(self, vhost: str = "", user: str = "guest", password: str = "guest") -> str:
+        """The AMQP URL of ``vhost`` on this node."""
+        return f"amqp://{user}:{password}@127.0.0.1:{self.port}/{vhost}"
+
+    def start(self, timeout: float = 90) -> float:
+        """Start the node (keeping its data) and wait until it serves AMQP; return the seconds taken."""
+        started = time.monotonic()
+        pid_file = self.base / "rabbitmq.pid"
+        pid_file.unlink(missing_ok=True)
+        log = (self.base / "server.out").open("ab")
+        self._launcher = subprocess.Popen(
+            [str(RABBITMQ_BIN / "rabbitmq-server")],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        wait_for(
+            lambda: self._exited_early() or (pid_file.exists() and pid_file.read_text().strip()), 60, "pid"
+        )
+        self.pid = int(pid_file.read_text().strip())
+        wait_for(lambda: self._exited_early() or port_open(self.port), timeout, "RabbitMQ to listen")
+        self.ctl("await_startup", "--timeout", str(int(timeout)))
+        return time.monotonic() - started
+
+    def _exited_early(self) -> bool:
+        if self._launcher is not None and self._launcher.poll() is not None:
+            raise RuntimeError(f"rabbitmq-server exited: {(self.base / 'server.out').read_text()[-2000:]}")
+        return False
+
+    def ctl(self, *args: str, timeout: float = 120) -> str:
+        """Run ``rabbitmqctl`` against this node; return its output."""
+        done = subprocess.run(
+            [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.nodename, "-q", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stdout}{done.stderr}")
+        return done.stdout
+
+    def add_vhost(self, vhost: str) -> None:
+        """Create ``vhost`` with full rights for guest."""
+        self.ctl("add_vhost", vhost)
+        self.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+
+    def stop_app(self) -> None:
+        """Stop the RabbitMQ application (the listener closes, connections drop; the VM keeps running)."""
+        self.ctl("stop_app")
+
+    def start_app(self) -> None:
+        """Start the RabbitMQ application again after ``stop_app``."""
+        self.ctl("start_app")
+        self.ctl("await_startup")
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to this node's Erlang VM (its own process id, never a name)."""
+        assert self.pid is not None
+        os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL the node's VM and wait until it is gone."""
+        assert self.pid is not None
+        pid = self.pid
+        self.signal(signal.SIGKILL)
+        wait_for(lambda: not pid_alive(pid), 30, "RabbitMQ to die")
+        self._reap()
+        self.pid = None
+
+    def stop(self) -> None:
+        """Stop the node (SIGTERM, then SIGKILL after 30 s)."""
+        if self.pid is None:
+            return
+        pid = self.pid
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGTERM)
+        try:
+            wait_for(lambda: not pid_alive(pid), 30, "RabbitMQ to stop")
+        except TimeoutError:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._reap()
+        self.pid = None
+
+    def _reap(self) -> None:
+        if self._launcher is not None:
+            try:
+                self._launcher.wait(10)
+            except subprocess.TimeoutExpired:
+                self._launcher.kill()  # the launcher shell is ours; the VM is already gone
+                self._launcher.wait(10)
+            self._launcher = None
+
+
+class PostgresCluster:
+    """A PostgreSQL cluster of our own (``initdb`` + ``pg_ctl``) on its own port and socket directory."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.data = base / "data"
+        self.port = free_port()
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        if not bins:
+            raise RuntimeError("no PostgreSQL server binaries under /usr/lib/postgresql")
+        self.bin = Path(bins[-1])
+        base.mkdir(parents=True, exist_ok=True)
+        # initdb refuses to run as root: run the server as the postgres system user then.
+        self.user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+        if os.geteuid() == 0:
+            shutil.chown(base, self.user)
+
+    def url(self, database: str = "postgres") -> str:
+        """The ``postgresql://`` URL of ``database`` on this cluster."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        prefix = ["runuser", "-u", self.user, "--"] if os.geteuid() == 0 else []
+        done = subprocess.run(
+            [*prefix, *command], capture_output=True, text=True, timeout=120, check=False, cwd=self.base
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"{command[0]} failed: {done.stdout}{done.stderr}")
+        return done
+
+    def init(self) -> None:
+        """Create the cluster: trust authentication for the ``postgres`` user, no fsync (tests only)."""
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                  "-E", "UTF8", "--no-sync")  # fmt: skip
+
+    def start(self) -> float:
+        """Start the server and wait until it accepts connections; return the seconds taken."""
+        started = time.monotonic()
+        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options,
+                  "-l", str(self.base / "server.log"), "-w", "-t", "60", "start")  # fmt: skip
+        return time.monotonic() - started
+
+    @property
+    def pid(self) -> int:
+        """The postmaster's process id, from its pid file."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def restart(self) -> None:
+        """A clean restart: fast shutdown (sessions are cut), then start."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+        self.start()
+
+    def crash(self) -> None:
+        """SIGKILL the postmaster and its backends (as a host crash would), then start it (WAL recovery)."""
+        pid = self.pid
+        children = _children(pid)
+        os.kill(pid, signal.SIGKILL)
+        for child in children:
+            with suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        wait_for(
+            lambda: not pid_alive(pid) and not any(pid_alive(c) for c in children), 30, "PostgreSQL to die"
+        )
+        # An unreaped zombie still answers kill(pid, 0), which PostgreSQL takes for a live postmaster.
+        for lock in (self.data / "postmaster.pid", self.base / f".s.PGSQL.{self.port}.lock"):
+            lock.unlink(missing_ok=True)
+        self.start()
+
+    def stop(self) -> None:
+        """Stop the server immediately."""
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False
+        )
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid``, children first."""
+    result: list[int] = []
+    pending = [pid]
+    while pending:
+        kids = _children(pending.pop())
+        result += kids
+        pending += kids
+    return result

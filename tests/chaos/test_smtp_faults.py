@@ -1,0 +1,66 @@
+"""SMTP down, slow and failing under a real gevent email worker: every email once, or a reason."""
+
+from __future__ import annotations
+
+import time
+
+from tests.chaos.harness import Chaos, recipient
+from tests.chaos.services import wait_for
+
+
+def delivered(chaos: Chaos, count: int) -> None:
+    """Wait until the SMTP server accepted ``count`` messages."""
+    assert chaos.smtp is not None
+    smtp = chaos.smtp
+    wait_for(lambda: sum(smtp.delivered.values()) >= count, 120, f"{count} delivered emails")
+
+
+def no_addresses_logged(chaos: Chaos) -> None:
+    """No worker wrote a recipient's address to its log."""
+    for worker in chaos.workers:
+        assert "@example.com" not in worker.log(), f"an email address in the {worker.role} worker's log"
+
+
+def test_smtp_down_mid_run(chaos: Chaos) -> None:
+    operations = chaos.emails(120)
+    chaos.start_worker("email")
+    assert chaos.smtp is not None
+
+    def fault() -> None:
+        delivered(chaos, 30)
+        chaos.smtp.stop()  # connections refused: transient, retried with backoff
+        time.sleep(3)  # the outage
+        chaos.smtp.start()
+
+    report = chaos.run("SMTP down 3 s", operations, fault, interval=0.02)
+    assert report.succeeded == 120
+    assert max(chaos.smtp.message_ids.values()) == 1
+    no_addresses_logged(chaos)
+
+
+def test_smtp_slow(chaos: Chaos) -> None:
+    operations = chaos.emails(100)
+    assert chaos.smtp is not None
+    chaos.smtp.delay = 1.0  # each DATA answered after a second: sends pile up in flight
+    chaos.start_worker("email")
+
+    report = chaos.run("SMTP slow (1 s a message)", operations, lambda: None)
+    assert report.succeeded == 100
+    no_addresses_logged(chaos)
+
+
+def test_smtp_failing(chaos: Chaos) -> None:
+    operations = chaos.emails(100)
+    assert chaos.smtp is not None
+    chaos.smtp.fail_first = True  # 451 on every first attempt: retried
+    refused = operations[::10]  # 550 for these: failed for good, dead-lettered, not retried
+    chaos.smtp.refuse = {recipient(o.op) for o in refused}
+    for operation in refused:
+        operation.expect = "dlq"
+    chaos.start_worker("email")
+
+    report = chaos.run("SMTP 451 then 250; some 550", operations, lambda: None)
+    assert report.succeeded == 90
+    assert report.dead_lettered == 10
+    assert report.duplicate_executions >= 90  # each success took a retry
+    no_addresses_logged(chaos)

@@ -1,0 +1,75 @@
+"""Worker processes killed, crashing and failing: nothing lost, nothing twice."""
+
+from __future__ import annotations
+
+import signal
+
+from tests.chaos.faults import ALWAYS_CRASH, ALWAYS_RAISE
+from tests.chaos.harness import Chaos, Operation
+from tests.chaos.services import wait_for
+
+
+def progress(chaos: Chaos, executions: int) -> None:
+    """Wait until the workers have started ``executions`` tasks in all."""
+    wait_for(lambda: chaos.executions() >= executions, 120, f"{executions} task executions")
+
+
+def test_kill_9_a_prefork_child_mid_task(chaos: Chaos) -> None:
+    worker = chaos.start_worker("booking", "--concurrency", "2", delay=0.2)
+    operations = chaos.payments(150)
+
+    def fault() -> None:
+        for round_ in range(1, 4):
+            progress(chaos, 30 * round_)
+            child = chaos.busy_child(worker)
+            chaos.signal(child, signal.SIGKILL)
+
+    report = chaos.run("kill -9 prefork child", operations, fault)
+    assert report.succeeded == 150
+    assert report.duplicate_executions >= 1  # the kills landed mid-task: those tasks ran again
+
+
+def test_kill_9_a_whole_worker(chaos: Chaos) -> None:
+    worker = chaos.start_worker("booking", "--concurrency", "2", delay=0.1)
+    operations = chaos.payments(150)
+
+    def fault() -> None:
+        progress(chaos, 40)
+        worker.kill()
+        chaos.start_worker("booking", "--concurrency", "2", delay=0.1)
+
+    report = chaos.run("kill -9 whole worker", operations, fault)
+    assert report.succeeded == 150
+
+
+def test_a_task_that_always_crashes_its_process(chaos: Chaos) -> None:
+    chaos.start_worker("booking", "--concurrency", "2")
+    operations = chaos.payments(100)
+    crashing = [Operation(op, ALWAYS_CRASH, "dlq") for op in range(1001, 1006)]
+    mixed = operations[:50] + crashing + operations[50:]
+
+    report = chaos.run("task always crashes its process", mixed, lambda: None)
+    assert report.dead_lettered == len(crashing)
+    assert report.succeeded == len(operations)  # the others are unaffected
+    assert all(chaos.dead[o.task_id] == "delivery_limit" for o in crashing)
+
+
+def test_a_task_that_always_raises(chaos: Chaos) -> None:
+    chaos.start_worker("booking", "--concurrency", "2")
+    operations = chaos.payments(100)
+    raising = [Operation(op, ALWAYS_RAISE, "dlq") for op in range(2001, 2021)]
+
+    report = chaos.run("task always raises", operations + raising, lambda: None)
+    assert report.dead_lettered == len(raising)
+    assert report.succeeded == len(operations)
+    assert {chaos.results()[o.task_id] for o in raising} == {"FAILURE"}  # the reason is stored too
+    assert all(chaos.dead[o.task_id] == "rejected" for o in raising)
+
+
+def test_duplicate_delivery(chaos: Chaos) -> None:
+    chaos.start_worker("booking", "--concurrency", "2")
+    operations = chaos.payments(100)
+
+    report = chaos.run("duplicate delivery", operations, lambda: None, copies=2)
+    assert report.succeeded == 100
+    assert report.duplicate_executions == 100  # every message ran twice; each payment took effect once
