@@ -28,9 +28,11 @@ GRACE_SECONDS = 60
 @pytest.fixture
 def worker(broker: Connection, database: Any, tmp_path: Path) -> Iterator[SleepWorker]:
     started = SleepWorker(f"booking-{uuid.uuid4().hex[:6]}", tmp_path)
-    started.wait_consuming(broker, 1)
-    yield started
-    started.stop()
+    try:
+        started.wait_consuming(broker, 1)
+        yield started
+    finally:
+        started.stop()
 
 
 def sleep_task(seconds: float, marker: Path | None = None) -> AsyncResult[Any]:
