@@ -37,6 +37,8 @@ RECONCILE_PAYMENTS = "app.tasks.booking_tasks.reconcile_payments"
 CLEANUP_OLD_SESSIONS = "app.tasks.maintenance.cleanup_old_sessions"
 EXPIRE_RESULTS = "app.tasks.maintenance.expire_results"
 REPORT_DEAD_LETTERS = "app.tasks.maintenance.report_dead_letters"
+EXPIRE_PENDING_BOOKINGS = "app.tasks.maintenance.expire_pending_bookings"
+SEND_TOMORROWS_REMINDERS = "app.tasks.maintenance.send_tomorrows_reminders"
 
 #: Every task name producers may publish.
 TASK_NAMES = (
@@ -58,6 +60,8 @@ TASK_NAMES = (
     CLEANUP_OLD_SESSIONS,
     EXPIRE_RESULTS,
     REPORT_DEAD_LETTERS,
+    EXPIRE_PENDING_BOOKINGS,
+    SEND_TOMORROWS_REMINDERS,
 )
 
 #: A single-line string: no CR, LF or other control characters (header safety).

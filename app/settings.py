@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     calendar_export_dir: str = "var/calendars"
     #: Valid rows of a booking import booked per chunk task.
     booking_import_chunk_size: int = Field(default=200, gt=0)
+    #: Minutes a pending booking is held unpaid before ``expire-pending-bookings`` expires it.
+    booking_hold_minutes: int = Field(default=30, gt=0)
 
     #: Worker and beat log level.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, text, update
 
-from app.booking.notices import Kind, Notifier, load_notice
+from app.booking.notices import Kind, Notifier, load_notice, notice_from_row, notice_query
 from app.booking.provider import PaymentDeclined, PaymentProvider
 from app.schema import bookings, payments, time_slots, users
 
@@ -257,32 +257,41 @@ def _refund(db: Connection, provider: PaymentProvider, booking_id: int) -> bool:
     return True
 
 
-def expire_pending_bookings(engine: Engine, older_than: timedelta) -> int:
-    """Expire pending bookings created more than ``older_than`` ago (their payments fail).
+def expire_pending_bookings(engine: Engine, older_than: timedelta, notifier: Notifier | None = None) -> int:
+    """Expire unpaid pending bookings created more than ``older_than`` ago (their payments fail).
 
-    Bookings a worker is processing right now (row locked) are skipped, so
-    expiry never races a confirmation.
+    A pending booking whose payment was charged is kept. Bookings a worker is
+    processing right now (row locked) are skipped, so expiry never races a
+    confirmation. With a ``notifier``, each expired booking's notice is queued
+    before the commit: a crash in between leaves the bookings pending, and the
+    next run expires them and queues the notices again under the same keys.
 
     Returns:
         How many bookings expired.
     """
     with engine.begin() as db:
-        expired = (
-            db.execute(
-                text(
-                    "UPDATE bookings SET status = 'expired', status_reason = 'not confirmed in time', "
-                    "closed_at = now() WHERE id IN (SELECT id FROM bookings WHERE status = 'pending' "
-                    "AND created_at < now() - :age FOR UPDATE SKIP LOCKED) RETURNING id"
-                ),
-                {"age": older_than},
-            )
-            .scalars()
-            .all()
-        )
+        expired = db.execute(_EXPIRE, {"age": older_than}).scalars().all()
         if expired:
             db.execute(
                 update(payments)
                 .where(payments.c.booking_id.in_(expired), payments.c.status == "pending")
                 .values(status="failed", failure_reason="booking expired")
             )
+            if notifier is not None:
+                query = notice_query().where(bookings.c.id.in_(expired)).order_by(bookings.c.id)
+                notifier.send("expired", [notice_from_row(row) for row in db.execute(query)])
     return len(expired)
+
+
+_EXPIRE = text("""
+UPDATE bookings SET status = 'expired', status_reason = 'not confirmed in time', closed_at = now()
+WHERE id IN (
+    SELECT b.id FROM bookings AS b
+    WHERE b.status = 'pending' AND b.created_at < now() - :age
+      AND NOT EXISTS (
+          SELECT 1 FROM payments AS p WHERE p.booking_id = b.id AND p.status IN ('processed', 'refunded')
+      )
+    FOR UPDATE OF b SKIP LOCKED
+)
+RETURNING id
+""")

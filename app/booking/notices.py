@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Select, select
 from app.schema import bookings, resources, time_slots, users
 
 #: The booking emails; each kind maps to one email task.
-Kind = Literal["confirmation", "reminder", "cancellation"]
+Kind = Literal["confirmation", "reminder", "cancellation", "expired"]
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,8 @@ SCHEDULE: tuple[Job, ...] = (
     Job("cleanup-old-sessions", "app.tasks.maintenance.cleanup_old_sessions", "15 3 * * *"),
     Job("expire-results", "app.tasks.maintenance.expire_results", "0 4 * * *"),
     Job("report-dead-letters", "app.tasks.maintenance.report_dead_letters", "5 * * * *", 1800),
+    Job("expire-pending-bookings", "app.tasks.maintenance.expire_pending_bookings", "*/5 * * * *", 240),
+    Job("send-tomorrows-reminders", "app.tasks.maintenance.send_tomorrows_reminders", "0 18 * * *", 10800),
 )
 
 

@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from celery import Task
 from kombu.utils.json import dumps
 from sqlalchemy.exc import OperationalError
 
 from app import contracts
+from app.booking import bookings, reminders
 from app.celery_app import celery_app
 from app.maintenance import runs, service
 from app.maintenance.dead_letters import report_dead_letters as inspect_dead_letters
+from app.settings import get_settings
 from app.tasks import resources
 from app.tasks.base import FleetTask
+from app.tasks.notify import EmailNotifier
 from routing import names
+
+#: Booking emails (expiry notices, reminders) are published by name to the ``email`` queue.
+notifier = EmailNotifier(celery_app)
+
+
+def periodic_task(
+    name: str, retry_on: tuple[type[Exception], ...] = (OperationalError,)
+) -> Callable[[Callable[..., Any]], Task[Any, Any]]:
+    """Register a periodic task: ``PeriodicArgs`` validated, retried on ``retry_on`` errors only."""
+    return celery_app.task(
+        bind=True, base=FleetTask, name=name, arguments=contracts.PeriodicArgs, autoretry_for=retry_on
+    )
 
 
 def run_once(task: FleetTask, job: str | None, slot: datetime | None, body: Callable[[], Any]) -> Any:
@@ -37,13 +53,7 @@ def run_once(task: FleetTask, job: str | None, slot: datetime | None, body: Call
     return result
 
 
-@celery_app.task(
-    bind=True,
-    base=FleetTask,
-    name=contracts.CLEANUP_OLD_SESSIONS,
-    arguments=contracts.PeriodicArgs,
-    autoretry_for=(OperationalError,),
-)
+@periodic_task(contracts.CLEANUP_OLD_SESSIONS)
 def cleanup_old_sessions(self: FleetTask, job: str | None = None, slot: datetime | None = None) -> str:
     """Delete sessions older than seven days."""
 
@@ -54,13 +64,7 @@ def cleanup_old_sessions(self: FleetTask, job: str | None = None, slot: datetime
     return result
 
 
-@celery_app.task(
-    bind=True,
-    base=FleetTask,
-    name=contracts.EXPIRE_RESULTS,
-    arguments=contracts.PeriodicArgs,
-    autoretry_for=(OperationalError,),
-)
+@periodic_task(contracts.EXPIRE_RESULTS)
 def expire_results(self: FleetTask, job: str | None = None, slot: datetime | None = None) -> str:
     """Delete result rows older than ``RESULT_EXPIRES``, in indexed batches."""
     backend: Any = self.app.backend  # the PostgreSQL backend's cleanup counts what it deleted
@@ -68,12 +72,7 @@ def expire_results(self: FleetTask, job: str | None = None, slot: datetime | Non
     return result
 
 
-@celery_app.task(
-    bind=True,
-    base=FleetTask,
-    name=contracts.REPORT_DEAD_LETTERS,
-    arguments=contracts.PeriodicArgs,
-)
+@periodic_task(contracts.REPORT_DEAD_LETTERS, retry_on=())
 def report_dead_letters(self: FleetTask, job: str | None = None, slot: datetime | None = None) -> Any:
     """Count each dead-letter queue's messages and age its oldest one (a list of rows)."""
 
@@ -83,3 +82,29 @@ def report_dead_letters(self: FleetTask, job: str | None = None, slot: datetime 
         return [queue.as_dict() for queue in queues]
 
     return run_once(self, job, slot, report)
+
+
+@periodic_task(contracts.EXPIRE_PENDING_BOOKINGS)
+def expire_pending_bookings(self: FleetTask, job: str | None = None, slot: datetime | None = None) -> str:
+    """Expire pending bookings left unpaid longer than ``BOOKING_HOLD_MINUTES``, each with a notice."""
+    hold = timedelta(minutes=get_settings().booking_hold_minutes)
+
+    def expire() -> str:
+        count = bookings.expire_pending_bookings(resources.engine(), hold, notifier)
+        return f"Expired {count} pending bookings"
+
+    result: str = run_once(self, job, slot, expire)
+    return result
+
+
+@periodic_task(contracts.SEND_TOMORROWS_REMINDERS)
+def send_tomorrows_reminders(self: FleetTask, job: str | None = None, slot: datetime | None = None) -> str:
+    """Queue one reminder email per confirmed booking of the UTC day after the slot (or after now)."""
+    day = ((slot or datetime.now(UTC)).astimezone(UTC) + timedelta(days=1)).date()
+
+    def remind() -> str:
+        count = reminders.queue_reminders(resources.engine(), notifier, day)
+        return f"Queued {count} booking reminders for {day.isoformat()}"
+
+    result: str = run_once(self, job, slot, remind)
+    return result

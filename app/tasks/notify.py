@@ -14,6 +14,7 @@ EMAIL_TASKS: dict[Kind, str] = {
     "confirmation": contracts.SEND_BOOKING_CONFIRMATION,
     "reminder": contracts.SEND_BOOKING_REMINDER,
     "cancellation": contracts.SEND_BOOKING_CANCELLATION,
+    "expired": contracts.SEND_BOOKING_EXPIRED,
 }
 
 
@@ -29,7 +30,7 @@ def email_kwargs(kind: Kind, notice: Notice) -> dict[str, Any]:
     }
     if kind == "cancellation":
         kwargs["reason"] = notice.reason
-    else:
+    elif kind != "expired":  # the expiry notice names the start only
         kwargs["ends_at"] = notice.ends_at
     return kwargs
 

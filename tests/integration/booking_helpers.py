@@ -64,6 +64,47 @@ def seed(database: Any, slots: int = 3, resource: str = "Room A", email: str = "
     return Seeded(int(user_id), int(resource_id), [int(s) for s in slot_ids])
 
 
+def move_slot(database: Any, slot_id: int, days: int) -> None:
+    """Move a slot ``days`` days later."""
+    with database.begin() as db:
+        db.execute(
+            text(
+                "UPDATE time_slots SET starts_at = starts_at + make_interval(days => :d), "
+                "ends_at = ends_at + make_interval(days => :d) WHERE id = :s"
+            ),
+            {"s": slot_id, "d": days},
+        )
+
+
+def insert_booking(
+    database: Any, ref: str, user_id: int, slot_id: int, status: str, age: str, payment: str | None = None
+) -> int:
+    """Insert a booking in ``status`` created ``age`` ago (an SQL interval), with a payment in ``payment``."""
+    with database.begin() as db:
+        booking_id: int = db.execute(
+            text(
+                "INSERT INTO bookings (reference, user_id, slot_id, status, confirmed_at, created_at) "
+                "VALUES (:r, :u, :s, :st, CASE WHEN :st = 'confirmed' THEN now() END, "
+                "now() - CAST(:age AS interval)) RETURNING id"
+            ),
+            {"r": ref, "u": user_id, "s": slot_id, "st": status, "age": age},
+        ).scalar_one()
+        if payment is not None:
+            db.execute(
+                text(
+                    "INSERT INTO payments (booking_id, amount_cents, idempotency_key, status) "
+                    "VALUES (:b, 2500, :k, :st)"
+                ),
+                {"b": booking_id, "k": f"booking:{ref}", "st": payment},
+            )
+    return booking_id
+
+
+def booking_statuses(database: Any) -> dict[str, str]:
+    """Every booking's status, by reference."""
+    return {r.reference: r.status for r in rows(database, "SELECT reference, status FROM bookings")}
+
+
 def rows(database: Any, sql: str, **params: Any) -> list[Any]:
     """Run a query, return all rows."""
     with database.connect() as db:

@@ -19,7 +19,17 @@ from app.booking.provider import (
     PaymentProviderNotConfigured,
     PaymentProviderUnavailable,
 )
-from tests.integration.booking_helpers import DAY, IMPORT_CSV, RecordingNotifier, rows, scalar, seed
+from tests.integration.booking_helpers import (
+    DAY,
+    IMPORT_CSV,
+    RecordingNotifier,
+    booking_statuses,
+    insert_booking,
+    move_slot,
+    rows,
+    scalar,
+    seed,
+)
 from tests.payment_provider import Ledger
 
 
@@ -199,17 +209,47 @@ def test_expire_pending_bookings_older_than(database: Any) -> None:
     assert scalar(database, "SELECT status FROM payments WHERE idempotency_key = 'OLD'") == "failed"
 
 
+def test_expiry_keeps_charged_and_confirmed_bookings_and_queues_one_notice_each(database: Any) -> None:
+    # given old pending bookings (unpaid, free, charged), an old confirmed one and a fresh pending one
+    seeded = seed(database, slots=5)
+    for slot, (ref, status, age, payment) in zip(
+        seeded.slot_ids,
+        (
+            ("UNPAID", "pending", "2 hours", "pending"),
+            ("FREE", "pending", "2 hours", None),
+            ("CHARGED", "pending", "2 hours", "processed"),
+            ("CONFIRMED", "confirmed", "2 hours", "processed"),
+            ("FRESH", "pending", "1 minute", "pending"),
+        ),
+        strict=True,
+    ):
+        insert_booking(database, ref, seeded.user_id, slot, status, age, payment)
+
+    # when pending bookings older than an hour expire, twice
+    notifier = RecordingNotifier()
+    assert bookings.expire_pending_bookings(database, timedelta(hours=1), notifier) == 2
+    assert bookings.expire_pending_bookings(database, timedelta(hours=1), notifier) == 0
+
+    # then only the unpaid ones expired, each with one notice keyed by its booking
+    assert booking_statuses(database) == {
+        "UNPAID": "expired",
+        "FREE": "expired",
+        "CHARGED": "pending",
+        "CONFIRMED": "confirmed",
+        "FRESH": "pending",
+    }
+    sent = [(kind, n.booking_ref, n.idempotency_key(kind)) for kind, n in notifier.sent]
+    assert sent == [("expired", "UNPAID", "booking-expired:1"), ("expired", "FREE", "booking-expired:2")]
+    assert (
+        scalar(database, "SELECT status FROM payments WHERE idempotency_key = 'booking:CHARGED'")
+        == "processed"
+    )
+
+
 def test_reminders_cover_a_days_confirmed_bookings_once(database: Any, provider: Any) -> None:
     seeded = seed(database, slots=3)
     other_day = seed(database, slots=1, resource="Room B")
-    with database.begin() as db:
-        db.execute(
-            text(
-                "UPDATE time_slots SET starts_at = starts_at + interval '1 day', "
-                "ends_at = ends_at + interval '1 day' WHERE id = :s"
-            ),
-            {"s": other_day.slot_ids[0]},
-        )
+    move_slot(database, other_day.slot_ids[0], days=1)
     notifier = RecordingNotifier()
     for i, slot in enumerate([*seeded.slot_ids[:2], other_day.slot_ids[0]]):
         _book(database, provider, notifier, f"R-{i}", slot, seeded.user_id, 0)

@@ -199,7 +199,13 @@ def test_schedule_list_shows_every_job_with_its_last_and_next_run(database: Any)
     lines = done.stdout.splitlines()
     assert lines[0] == "leader: none (no beat holds the lease)"
     rows = {line.split()[0]: line.split() for line in lines[2:]}
-    assert set(rows) == {"cleanup-old-sessions", "expire-results", "report-dead-letters"}
+    assert set(rows) == {
+        "cleanup-old-sessions",
+        "expire-results",
+        "report-dead-letters",
+        "expire-pending-bookings",
+        "send-tomorrows-reminders",
+    }
     assert rows["report-dead-letters"][6:9] == ["2026-01-02", "03:05:00", "succeeded"]
     assert rows["cleanup-old-sessions"][6:7] == ["-"] and "never" in rows["cleanup-old-sessions"]
     assert rows["cleanup-old-sessions"][1:6] == ["15", "3", "*", "*", "*"]
@@ -209,8 +215,8 @@ def test_schedule_run_of_an_unknown_job_names_the_known_ones(database: Any) -> N
     done = magnetiq("schedule", "run", "no-such-job")
     assert done.returncode == 2
     assert (
-        "no job 'no-such-job'; known: cleanup-old-sessions, expire-results, report-dead-letters"
-        in done.stderr
+        "no job 'no-such-job'; known: cleanup-old-sessions, expire-results, report-dead-letters, "
+        "expire-pending-bookings, send-tomorrows-reminders" in done.stderr
     )
     assert _runs(database) == []
 

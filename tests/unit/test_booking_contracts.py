@@ -107,11 +107,25 @@ def test_cancellation_carries_the_reason_instead_of_the_end() -> None:
     assert kwargs["idempotency_key"] == "booking-cancellation:7"
 
 
+def test_expiry_notice_names_the_start_only_and_fits_its_contract() -> None:
+    kwargs = email_kwargs("expired", NOTICE)
+    assert kwargs == {
+        "to": "ada@example.com",
+        "name": "Ada",
+        "booking_ref": "BK-7",
+        "resource": "Room A",
+        "starts_at": "2031-03-14T09:00:00+00:00",
+        "idempotency_key": "booking-expired:7",
+    }
+    validate_arguments(contracts.SEND_BOOKING_EXPIRED, contracts.BookingExpiredArgs, kwargs)
+
+
 def test_email_tasks_are_the_email_queues_names() -> None:
     assert set(EMAIL_TASKS.values()) == {
         "app.tasks.email_tasks.send_booking_confirmation",
         "app.tasks.email_tasks.send_booking_reminder",
         "app.tasks.email_tasks.send_booking_cancellation",
+        "app.tasks.email_tasks.send_booking_expired",
     }
     for name in EMAIL_TASKS.values():
         route = route_task(name, (), {}, {})
