@@ -79,10 +79,13 @@ class PostgresBackend(BaseBackend):
 
     # -- connections -----------------------------------------------------
     def _execute(self, sql: str, params: Any, fetch: bool = False) -> Any:
+        # All 30 connections are kept once opened: an overflow connection is
+        # closed when returned, which under the gevent pool meant a new server
+        # session (a PostgreSQL process) for most results.
         connection = engine_for(
             self.url,
-            pool_size=10,
-            max_overflow=20,
+            pool_size=30,
+            max_overflow=0,
             autocommit=True,
             synchronous_commit=self.synchronous_commit,
         ).raw_connection()

@@ -7,8 +7,12 @@ hand it coroutines:
 
 * the thread is started with the unpatched ``_thread.start_new_thread`` and the
   loop uses the unpatched epoll selector, so gevent never sees it;
-* a caller schedules work with ``call_soon_threadsafe`` and waits on a gevent
-  async watcher (greenlets) or a real lock (threads), so the hub never blocks;
+* a caller queues its work for the loop and waits on a gevent event (greenlets)
+  or a real lock (threads), so the hub never blocks;
+* wake-ups are batched both ways: the loop is poked (``call_soon_threadsafe``,
+  a write to its self-pipe) only when its inbox was empty, and finished calls
+  are handed back to a greenlet's hub through one async watcher per hub, whose
+  pending send coalesces; each hop otherwise cost a syscall and a GIL handover;
 * the loop's executor and resolver use native threads and the C resolver,
   because gevent's would deadlock inside the loop thread.
 """
@@ -20,6 +24,8 @@ import asyncio
 import os
 import sys
 import threading
+import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -86,6 +92,9 @@ class AsyncioBridge:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = 0
         self._lock = _original("threading", "Lock")()
+        #: Calls queued for the loop, and whether the loop was poked to drain them.
+        self._inbox: deque[Callable[[], None]] = deque()
+        self._poked = False
 
     def loop(self) -> asyncio.AbstractEventLoop:
         """Return this process's loop, starting its thread on first use."""
@@ -97,8 +106,31 @@ class AsyncioBridge:
                 loop = _NativeThreadLoop(selector)
                 sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
                 _original("_thread", "start_new_thread")(self._serve, (loop,))
+                self._inbox.clear()
+                self._poked = False
                 self._loop, self._pid = loop, os.getpid()
         return self._loop
+
+    def _submit(self, loop: asyncio.AbstractEventLoop, call: Callable[[], None]) -> None:
+        """Queue ``call`` for the loop; poke the loop only if it is not about to drain already."""
+        self._inbox.append(call)
+        if not self._poked:
+            self._poked = True
+            loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        # Cleared before draining: a call queued from now on pokes the loop again.
+        self._poked = False
+        inbox = self._inbox
+        while inbox:
+            call = inbox.popleft()
+            try:
+                call()
+            except BaseException:
+                if inbox:  # the rest still runs, in a drain of its own
+                    self._poked = True
+                    asyncio.get_running_loop().call_soon(self._drain)
+                raise
 
     @staticmethod
     def _serve(loop: asyncio.AbstractEventLoop) -> None:
@@ -113,7 +145,7 @@ class AsyncioBridge:
             Exception: whatever the coroutine raised.
         """
         loop = self.loop()
-        wait, notify, close = _waiter()
+        wait, notify = _waiter()
         state: dict[str, Any] = {}
 
         def start() -> None:
@@ -128,11 +160,8 @@ class AsyncioBridge:
             state["task"] = task
             task.add_done_callback(lambda _: notify())
 
-        loop.call_soon_threadsafe(start)
-        try:
-            finished = wait(timeout)
-        finally:
-            close()
+        self._submit(loop, start)
+        finished = wait(timeout)
         if "error" in state:
             raise state["error"]
         task = state.get("task")
@@ -144,18 +173,45 @@ class AsyncioBridge:
         return task.result()  # type: ignore[no-any-return]
 
 
-def _waiter() -> tuple[Callable[[float], bool], Callable[[], None], Callable[[], None]]:
-    """Return (wait, notify, close): notify is safe to call from the loop thread."""
+class _HubNotifier:
+    """Sets gevent events of one hub from the loop thread, many per wake-up of that hub."""
+
+    def __init__(self, hub: Any) -> None:
+        self._ready: deque[Callable[[], None]] = deque()
+        # ref=False: the watcher alone does not keep the hub's loop running.
+        self._watcher = hub.loop.async_(ref=False)
+        self._watcher.start(self._wake)
+
+    def notify(self, set_event: Callable[[], None]) -> None:
+        """Have the hub call ``set_event`` (safe from any thread); a pending wake-up is shared."""
+        self._ready.append(set_event)
+        self._watcher.send()
+
+    def _wake(self) -> None:
+        ready = self._ready
+        while ready:
+            ready.popleft()()
+
+
+#: One notifier per gevent hub (in practice, the worker's one hub).
+_notifiers: weakref.WeakKeyDictionary[Any, tuple[int, _HubNotifier]] = weakref.WeakKeyDictionary()
+
+
+def _waiter() -> tuple[Callable[[float], bool], Callable[[], None]]:
+    """Return (wait, notify): notify is safe to call from the loop thread."""
     if _gevent_patched():
         import gevent
         from gevent.event import Event
 
         event = Event()
-        watcher = gevent.get_hub().loop.async_()
-        watcher.start(event.set)
-        return event.wait, watcher.send, watcher.close
+        hub = gevent.get_hub()
+        owner = _notifiers.get(hub)
+        if owner is None or owner[0] != os.getpid():  # a forked child's hub needs its own watcher
+            owner = _notifiers[hub] = (os.getpid(), _HubNotifier(hub))
+        notifier = owner[1]
+        return event.wait, lambda: notifier.notify(event.set)
     real = threading.Event()
-    return real.wait, real.set, lambda: None
+    return real.wait, real.set
 
 
 #: The process-wide bridge the SMTP adapter uses.

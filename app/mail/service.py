@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
+from email.policy import default
 from email.utils import parseaddr
 
 from app.mail import emails
@@ -27,6 +30,29 @@ class DeliveryBusy(Exception):
         super().__init__(message)
         #: Seconds until the other attempt's lease runs out.
         self.retry_in = retry_in
+
+
+class _CachedHeaderRegistry(HeaderRegistry):
+    """The stdlib's header registry, remembering the headers it parsed most recently.
+
+    Parsing a header (and its MIME parameters) is most of the CPU of building a
+    message, and most headers repeat from one email to the next: the sender,
+    ``MIME-Version``, each part's ``Content-Type`` and transfer encoding. A
+    parsed header is an immutable string, so the same object can serve every
+    message that has that header.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parse = functools.lru_cache(maxsize=256)(super().__call__)
+
+    def __call__(self, name: str, value: str) -> BaseHeader:
+        """Return the parsed header ``name: value`` (the same object for a repeat)."""
+        return self._parse(name, value)
+
+
+#: The default email policy, with parsed headers remembered.
+POLICY = default.clone(header_factory=_CachedHeaderRegistry())
 
 
 def message_id(key: str, domain: str = "magnetiq.mail") -> str:
@@ -59,7 +85,7 @@ def build_message(
     local, _, domain = address.rpartition("@")
     if not local or not domain or address != to:
         raise InvalidEmail("recipient is not a single email address")
-    message = EmailMessage()
+    message = EmailMessage(policy=POLICY)
     message["From"] = _header(mail_from, "sender")
     message["To"] = address
     message["Subject"] = _header(subject, "subject")

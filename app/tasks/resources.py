@@ -46,8 +46,10 @@ def mail_service() -> MailService:
         rate_per_second=settings.smtp_rate_limit,
     )
     # One autocommit statement per ledger step; a `sending` row outlives the
-    # longest send by a margin before another attempt may take it over.
-    ledger_engine = engine_for(settings.database_url, pool_size=10, max_overflow=20, autocommit=True)
+    # longest send by a margin before another attempt may take it over. Every
+    # connection is kept (no overflow): SQLAlchemy closes an overflow connection
+    # when it is returned, so 100 greenlets opened one per statement.
+    ledger_engine = engine_for(settings.database_url, pool_size=30, max_overflow=0, autocommit=True)
     ledger = SqlDeliveryLedger(
         ledger_engine, lease_seconds=settings.smtp_timeout * SEND_DEADLINE_TIMEOUTS + 30
     )
