@@ -40,7 +40,7 @@ def operation_of(kwargs: dict[str, Any]) -> int | None:
         return int(kwargs["op"])
     if "payment_id" in kwargs:
         return int(kwargs["payment_id"])
-    email = kwargs.get("user_email")
+    email = kwargs.get("user_email", kwargs.get("to"))
     if isinstance(email, str) and email.startswith("op-"):
         return int(email.split("@", 1)[0].removeprefix("op-"))
     return None

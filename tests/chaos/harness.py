@@ -56,7 +56,10 @@ PUBLISH_TIMEOUT = 5.0
 MODELS: dict[str, type[contracts.Arguments]] = {
     contracts.PROCESS_PAYMENT: contracts.ProcessPaymentArgs,
     contracts.SEND_WELCOME_EMAIL: contracts.WelcomeEmailArgs,
+    contracts.SEND_BOOKING_CONFIRMATION: contracts.BookingConfirmationArgs,
 }
+#: The email tasks: a success means a message the SMTP server accepted.
+EMAIL_TASKS = (contracts.SEND_WELCOME_EMAIL, contracts.SEND_BOOKING_CONFIRMATION)
 
 LEDGER_DDL = """
 CREATE TABLE IF NOT EXISTS chaos_executions (
@@ -90,12 +93,22 @@ class Operation:
             return {"payment_id": self.op}
         if self.task_name == contracts.SEND_WELCOME_EMAIL:
             return {"user_email": recipient(self.op), "user_name": f"User {self.op}"}
+        if self.task_name == contracts.SEND_BOOKING_CONFIRMATION:
+            return {
+                "to": recipient(self.op),
+                "name": f"User {self.op}",
+                "booking_ref": f"BK-{self.op}",
+                "resource": "Studio A",
+                "starts_at": "2026-12-01T10:00:00+01:00",
+                "ends_at": "2026-12-01T11:30:00+01:00",
+                "idempotency_key": f"booking-confirmation:{self.op}",  # the producer's own key
+            }
         return {"op": self.op}
 
     @property
     def has_effect(self) -> bool:
         """Whether success means an effect the ledger sees (a processed payment, a delivered email)."""
-        return self.task_name in (contracts.PROCESS_PAYMENT, contracts.SEND_WELCOME_EMAIL)
+        return self.task_name in (contracts.PROCESS_PAYMENT, *EMAIL_TASKS)
 
 
 def recipient(op: int) -> str:
@@ -119,6 +132,8 @@ class Report:
     duplicate_executions: int
     not_as_expected: int
     slowest_publish: float
+    #: Operations whose email the SMTP server accepted more than once under one Message-ID.
+    duplicate_deliveries: int = 0
 
     @property
     def accounted(self) -> int:
@@ -146,6 +161,7 @@ COLUMNS = (
     ("case", "case"), ("ops", "operations"), ("ok", "succeeded"), ("failed", "failed"),
     ("dlq", "dead_lettered"), ("refused", "refused"), ("lost", "lost"), ("unexpected", "unexpected"),
     ("dup effects", "duplicate_effects"), ("dup execs", "duplicate_executions"),
+    ("dup deliveries", "duplicate_deliveries"),
     ("accounted", "accounted"), ("slowest publish", "slowest_publish"),
 )  # fmt: skip
 
@@ -250,7 +266,10 @@ class Chaos:
                 for queue in ALL_QUEUES:
                     channel.queue_purge(queue)
         with self.engine.begin() as db:
-            tables = "payments, task_results, task_outbox, chaos_executions, chaos_effects"
+            tables = (
+                "payments, task_results, task_outbox, chaos_executions, chaos_effects, email_deliveries, "
+                "periodic_runs, beat_leases"
+            )
             db.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
 
     def close(self) -> None:
@@ -333,12 +352,14 @@ class Chaos:
 
     # -- operations --------------------------------------------------------------------------------
 
-    def emails(self, count: int, first: int = 1) -> list[Operation]:
-        """Start this case's SMTP server; return ``count`` welcome-email operations."""
+    def emails(
+        self, count: int, first: int = 1, task_name: str = contracts.SEND_WELCOME_EMAIL
+    ) -> list[Operation]:
+        """Start this case's SMTP server; return ``count`` email operations (welcome emails by default)."""
         if self.smtp is None:
             self.smtp = FaultySmtp()
             self.smtp.start()
-        return [Operation(op, contracts.SEND_WELCOME_EMAIL, "success") for op in range(first, first + count)]
+        return [Operation(op, task_name, "success") for op in range(first, first + count)]
 
     def payments(self, count: int, first: int = 1) -> list[Operation]:
         """Create ``count`` pending payments; return one process-payment operation for each."""
@@ -501,10 +522,15 @@ class Chaos:
         with self.engine.connect() as db:
             effects = Counter(db.execute(text("SELECT op FROM chaos_effects")).scalars())
             executions = Counter(db.execute(text("SELECT op FROM chaos_executions")).scalars())
-        if self.smtp is not None:  # an email's effect: a message the SMTP server accepted
-            effects.update(
-                {int(to.split("@")[0].removeprefix("op-")): n for to, n in self.smtp.delivered.items()}
-            )
+        copies: Counter[int] = Counter()
+        if self.smtp is not None:
+            # An email's effect is a distinct Message-ID the SMTP server accepted (250): the
+            # at-least-once-with-a-dedup-key contract. Another copy under the same Message-ID
+            # is a duplicate delivery a receiver drops; a second Message-ID is a second email.
+            for (to, _), n in self.smtp.copies.items():
+                op = int(to.split("@")[0].removeprefix("op-"))
+                effects[op] += 1
+                copies[op] += n > 1
         known = {o.op for o in operations}
         outcomes: Counter[str] = Counter()
         lost = not_as_expected = 0
@@ -537,6 +563,7 @@ class Chaos:
             duplicate_executions=sum(1 for op, n in executions.items() if op in known and n > 1),
             not_as_expected=not_as_expected,
             slowest_publish=max((o.slowest for o in operations), default=0.0),
+            duplicate_deliveries=sum(1 for n in copies.values() if n),
         )
         if keep:
             self.reports.append(report)
