@@ -5,8 +5,8 @@ task that always crashes or raises). The producer side is recorded here (each
 publish attempt, whether the broker confirmed it, the error if not); the worker
 side is recorded in the private database: ``chaos_executions`` (a row each time
 a task starts, written by ``tests.chaos.faults``) and ``chaos_effects`` (a row
-each time a payment turns ``processed``, written by a trigger in the same
-transaction as the effect). After draining, each operation must end as a
+each time a payment turns ``processed`` or a periodic slot's run starts, written
+by a trigger in the same transaction as the effect). After draining, each operation must end as a
 success (its effect present), a failure with a reason (a ``FAILURE`` result, or
 a publish the producer was told failed), or a dead-lettered message.
 """
@@ -70,6 +70,10 @@ CREATE OR REPLACE FUNCTION chaos_payment_effect() RETURNS trigger LANGUAGE plpgs
 BEGIN INSERT INTO chaos_effects (op) VALUES (NEW.id); RETURN NEW; END $$;
 CREATE OR REPLACE TRIGGER chaos_payment_effect AFTER UPDATE ON payments FOR EACH ROW
     WHEN (NEW.status = 'processed') EXECUTE FUNCTION chaos_payment_effect();
+CREATE OR REPLACE FUNCTION chaos_run_effect() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO chaos_effects (op) VALUES (extract(epoch FROM NEW.slot)::bigint); RETURN NEW; END $$;
+CREATE OR REPLACE TRIGGER chaos_run_effect AFTER INSERT OR UPDATE ON periodic_runs FOR EACH ROW
+    WHEN (NEW.status = 'started') EXECUTE FUNCTION chaos_run_effect();
 """
 
 
@@ -108,7 +112,7 @@ class Operation:
     @property
     def has_effect(self) -> bool:
         """Whether success means an effect the ledger sees (a processed payment, a delivered email)."""
-        return self.task_name in (contracts.PROCESS_PAYMENT, *EMAIL_TASKS)
+        return self.task_name in (contracts.PROCESS_PAYMENT, contracts.CLEANUP_OLD_SESSIONS, *EMAIL_TASKS)
 
 
 def recipient(op: int) -> str:
@@ -194,8 +198,9 @@ class Worker:
         self.role = role
         self.log_path = log_path
         self._log = log_path.open("ab")
+        include = [] if role == "beat" else ["--include", "tests.chaos.faults"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers", role, "--include", "tests.chaos.faults", *extra],
+            [sys.executable, "-m", "workers", role, *include, *extra],
             cwd=ROOT,
             env=env,
             stdout=self._log,
@@ -229,6 +234,16 @@ class Worker:
                         signal_pid(pid, signal.SIGKILL)
                 self.proc.wait(10)
         self._log.close()
+
+
+def beat_role(beat: Worker) -> str | None:
+    """``leading`` or ``standby``, as the beat's log last said (None before it said either)."""
+    lines = [
+        line for line in beat.log().splitlines() if "beat: leading as" in line or "beat: standby" in line
+    ]
+    if not lines:
+        return None
+    return "leading" if "leading as" in lines[-1] else "standby"
 
 
 def signal_pid(pid: int, signum: int) -> None:
@@ -305,6 +320,39 @@ class Chaos:
         self.workers.append(worker)
         self.wait_consuming(worker)
         return worker
+
+    def start_beat(self, schedule: str, lease: float) -> Worker:
+        """Start a beat (the fleet's ``LeaderScheduler``) on a ``tests.integration.beat_schedules`` schedule.
+
+        Returns it once it announced itself as leader or standby.
+        """
+        env = dict(os.environ)
+        index = len(self.workers)
+        env.update(
+            MAINTENANCE_SCHEDULE=f"tests.integration.beat_schedules:{schedule}",
+            BEAT_LEASE_SECONDS=str(lease),
+            BEAT_SCHEDULE_FILE=str(self.tmp / f"beat-{index}.state"),
+            METRICS_PORT="0",
+            LOG_LEVEL="INFO",
+        )
+        beat = Worker("beat", self.tmp / f"beat-{index}.log", env, [])
+        self.workers.append(beat)
+
+        def announced() -> bool:
+            if beat.proc.poll() is not None:
+                raise AssertionError(f"beat exited:\n{beat.log()[-4000:]}")
+            return beat_role(beat) is not None
+
+        wait_for(announced, 60, "beat to lead or stand by")
+        return beat
+
+    def slots(self, job: str) -> list[tuple[Any, str]]:
+        """(slot, task id) of every run ``periodic_runs`` records for ``job``, by slot."""
+        with self.engine.connect() as db:
+            rows = db.execute(
+                text("SELECT slot, task_id FROM periodic_runs WHERE job = :job ORDER BY slot"), {"job": job}
+            )
+            return [(row.slot, row.task_id) for row in rows]
 
     def signal(self, pid: int, signum: int) -> None:
         """Signal a process of one of this case's workers (checked against their process trees)."""
@@ -607,4 +655,4 @@ class Chaos:
         return report
 
 
-__all__ = ["Chaos", "Operation", "Report", "faults", "render"]
+__all__ = ["Chaos", "Operation", "Report", "beat_role", "faults", "render"]
