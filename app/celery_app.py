@@ -25,6 +25,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # confirm_publish: apply_async returns only after the broker took the
         # message; without it tasks were lost (celery#9149).
         "broker_transport_options": {"confirm_publish": True},
+        # amqps:// only: verify the broker's certificate chain and host name.
+        "broker_use_ssl": settings.broker_ssl or False,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 5,  # default 4; bounded either way
         "broker_heartbeat": 30,  # default 120: notice a dead broker sooner

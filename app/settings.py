@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ssl
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -50,6 +51,12 @@ class Settings(BaseSettings):
     magnetiq_env: Literal["dev", "test", "prod"] = "dev"
 
     celery_broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    #: With an ``amqps://`` broker: the CA bundle (PEM) the broker's certificate must chain
+    #: to (unset: the system store or ``SSL_CERT_FILE``), and an optional client
+    #: certificate and key (PEM) for brokers that ask for one.
+    broker_tls_ca_file: str | None = None
+    broker_tls_cert_file: str | None = None
+    broker_tls_key_file: str | None = None
     database_url: str = "postgresql://postgres@127.0.0.1:5432/magnetiq"
     #: Defaults to ``database_url``.
     celery_result_backend: str | None = None
@@ -141,6 +148,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _limits_and_secrets(self) -> Settings:
+        tls_files = (self.broker_tls_ca_file, self.broker_tls_cert_file, self.broker_tls_key_file)
+        if any(tls_files) and not self.celery_broker_url.startswith("amqps://"):
+            raise ValueError("BROKER_TLS_* need an amqps:// CELERY_BROKER_URL")
+        if bool(self.broker_tls_cert_file) != bool(self.broker_tls_key_file):
+            raise ValueError("set both BROKER_TLS_CERT_FILE and BROKER_TLS_KEY_FILE, or neither")
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ValueError("TASK_SOFT_TIME_LIMIT must be below TASK_TIME_LIMIT")
         signing = (self.task_signing_key, self.task_signing_cert, self.task_signing_cert_store)
@@ -160,6 +172,26 @@ class Settings(BaseSettings):
     def smtp_server(self) -> str:
         """The SMTP host to connect to (the local sink when ``SMTP_HOST`` is unset)."""
         return self.smtp_host or "127.0.0.1"
+
+    @property
+    def broker_ssl(self) -> dict[str, Any] | None:
+        """TLS options for every broker connection (Celery's ``broker_use_ssl``, kombu's ``ssl``).
+
+        None for ``amqp://``. For ``amqps://`` the broker's certificate must chain
+        to ``BROKER_TLS_CA_FILE`` (else the system store) and name the URL's host:
+        ``server_hostname=None`` makes kombu fill in that host, which turns the
+        hostname check on (py-amqp checks only the chain without it). A new dict
+        each call, since kombu writes the host into it.
+        """
+        if not self.celery_broker_url.startswith("amqps://"):
+            return None
+        options: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": None}
+        if self.broker_tls_ca_file:
+            options["ca_certs"] = self.broker_tls_ca_file
+        if self.broker_tls_cert_file:
+            options["certfile"] = self.broker_tls_cert_file
+            options["keyfile"] = self.broker_tls_key_file
+        return options
 
     @property
     def signing(self) -> bool:

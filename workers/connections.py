@@ -24,7 +24,7 @@ class ServiceDown(click.ClickException):
 
 def broker_connection(settings: Settings) -> Connection:
     """Connect to the broker once, failing fast with a clear error."""
-    connection = Connection(settings.celery_broker_url, connect_timeout=5)
+    connection = Connection(settings.celery_broker_url, connect_timeout=5, ssl=settings.broker_ssl or False)
     try:
         connection.ensure_connection(max_retries=1, timeout=5)
     except Exception as exc:

@@ -253,8 +253,12 @@ def disconnect_handlers() -> None:
 class BrokerCollector:
     """Queue depths and consumers by passive declares at scrape time, on a kept connection."""
 
-    def __init__(self, broker_url: str, timeout: float = 2.0) -> None:
+    def __init__(
+        self, broker_url: str, timeout: float = 2.0, ssl: Callable[[], dict[str, Any] | None] | None = None
+    ) -> None:
+        """Declare on ``broker_url``; ``ssl`` returns the TLS options of each new connection."""
         self._url = broker_url
+        self._ssl = ssl or (lambda: None)
         self._timeout = timeout
         self._connection: Connection | None = None
         self._lock = threading.Lock()
@@ -295,7 +299,9 @@ class BrokerCollector:
     def _connect(self) -> Connection:
         if self._connection is None:
             timeouts = {"read_timeout": self._timeout, "write_timeout": self._timeout}
-            connection = Connection(self._url, connect_timeout=self._timeout, transport_options=timeouts)
+            connection = Connection(
+                self._url, connect_timeout=self._timeout, transport_options=timeouts, ssl=self._ssl() or False
+            )
             connection.ensure_connection(max_retries=0)
             self._connection = connection
         return self._connection
@@ -372,7 +378,7 @@ def exposition_registry(settings: Settings, *, worker: bool) -> CollectorRegistr
     registry.register(ProcessFilesCollector(path) if path else REGISTRY)
     if worker:
         registry.register(WorkerStateCollector())
-        registry.register(BrokerCollector(settings.celery_broker_url))
+        registry.register(BrokerCollector(settings.celery_broker_url, ssl=lambda: settings.broker_ssl))
     return registry
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.services import PostgresCluster, RabbitNode
+from tests.payment_provider import running_provider
 
 BASE = Path(tempfile.mkdtemp(prefix="magnetiq-chaos-"))
 BASE.chmod(0o755)  # the postgres user runs the private cluster when the tests run as root
@@ -52,7 +53,10 @@ def services() -> Iterator[tuple[RabbitNode, PostgresCluster]]:
         pg_seconds = POSTGRES.start()
         rabbit_seconds = RABBIT.start()
         print(f"\nprivate PostgreSQL up in {pg_seconds:.1f}s, RabbitMQ in {rabbit_seconds:.1f}s")
-        yield RABBIT, POSTGRES
+        # Payments charge a real HTTP provider (idempotency keys honoured), as in production.
+        with running_provider() as (provider_url, _):
+            os.environ["PAYMENT_PROVIDER_URL"] = provider_url  # every worker of the session inherits it
+            yield RABBIT, POSTGRES
     finally:
         celery_app.close()  # the producer pool's connections
         RABBIT.stop()

@@ -1,6 +1,7 @@
 """Test-only worker code for the fault harness, loaded with ``celery worker --include``.
 
-It records every task execution in the ledger (``chaos_executions``), can stretch
+It records every task execution in the ledger (``chaos_executions``; a periodic
+job's execution under its slot's epoch second), can stretch
 each task by ``CHAOS_TASK_DELAY`` seconds so faults land mid-task, and adds two
 tasks that never succeed: one kills its own process, one raises.
 """
@@ -11,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 import psycopg2
@@ -40,7 +42,10 @@ def operation_of(kwargs: dict[str, Any]) -> int | None:
         return int(kwargs["op"])
     if "payment_id" in kwargs:
         return int(kwargs["payment_id"])
-    email = kwargs.get("user_email")
+    if "slot" in kwargs:  # a periodic job's slot: its epoch second
+        slot = kwargs["slot"]
+        return int((slot if isinstance(slot, datetime) else datetime.fromisoformat(str(slot))).timestamp())
+    email = kwargs.get("user_email", kwargs.get("to"))
     if isinstance(email, str) and email.startswith("op-"):
         return int(email.split("@", 1)[0].removeprefix("op-"))
     return None

@@ -5,8 +5,8 @@ task that always crashes or raises). The producer side is recorded here (each
 publish attempt, whether the broker confirmed it, the error if not); the worker
 side is recorded in the private database: ``chaos_executions`` (a row each time
 a task starts, written by ``tests.chaos.faults``) and ``chaos_effects`` (a row
-each time a payment turns ``processed``, written by a trigger in the same
-transaction as the effect). After draining, each operation must end as a
+each time a payment turns ``processed`` or a periodic slot's run starts, written
+by a trigger in the same transaction as the effect). After draining, each operation must end as a
 success (its effect present), a failure with a reason (a ``FAILURE`` result, or
 a publish the producer was told failed), or a dead-lettered message.
 """
@@ -56,7 +56,10 @@ PUBLISH_TIMEOUT = 5.0
 MODELS: dict[str, type[contracts.Arguments]] = {
     contracts.PROCESS_PAYMENT: contracts.ProcessPaymentArgs,
     contracts.SEND_WELCOME_EMAIL: contracts.WelcomeEmailArgs,
+    contracts.SEND_BOOKING_CONFIRMATION: contracts.BookingConfirmationArgs,
 }
+#: The email tasks: a success means a message the SMTP server accepted.
+EMAIL_TASKS = (contracts.SEND_WELCOME_EMAIL, contracts.SEND_BOOKING_CONFIRMATION)
 
 LEDGER_DDL = """
 CREATE TABLE IF NOT EXISTS chaos_executions (
@@ -67,6 +70,10 @@ CREATE OR REPLACE FUNCTION chaos_payment_effect() RETURNS trigger LANGUAGE plpgs
 BEGIN INSERT INTO chaos_effects (op) VALUES (NEW.id); RETURN NEW; END $$;
 CREATE OR REPLACE TRIGGER chaos_payment_effect AFTER UPDATE ON payments FOR EACH ROW
     WHEN (NEW.status = 'processed') EXECUTE FUNCTION chaos_payment_effect();
+CREATE OR REPLACE FUNCTION chaos_run_effect() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO chaos_effects (op) VALUES (extract(epoch FROM NEW.slot)::bigint); RETURN NEW; END $$;
+CREATE OR REPLACE TRIGGER chaos_run_effect AFTER INSERT OR UPDATE ON periodic_runs FOR EACH ROW
+    WHEN (NEW.status = 'started') EXECUTE FUNCTION chaos_run_effect();
 """
 
 
@@ -90,12 +97,22 @@ class Operation:
             return {"payment_id": self.op}
         if self.task_name == contracts.SEND_WELCOME_EMAIL:
             return {"user_email": recipient(self.op), "user_name": f"User {self.op}"}
+        if self.task_name == contracts.SEND_BOOKING_CONFIRMATION:
+            return {
+                "to": recipient(self.op),
+                "name": f"User {self.op}",
+                "booking_ref": f"BK-{self.op}",
+                "resource": "Studio A",
+                "starts_at": "2026-12-01T10:00:00+01:00",
+                "ends_at": "2026-12-01T11:30:00+01:00",
+                "idempotency_key": f"booking-confirmation:{self.op}",  # the producer's own key
+            }
         return {"op": self.op}
 
     @property
     def has_effect(self) -> bool:
         """Whether success means an effect the ledger sees (a processed payment, a delivered email)."""
-        return self.task_name in (contracts.PROCESS_PAYMENT, contracts.SEND_WELCOME_EMAIL)
+        return self.task_name in (contracts.PROCESS_PAYMENT, contracts.CLEANUP_OLD_SESSIONS, *EMAIL_TASKS)
 
 
 def recipient(op: int) -> str:
@@ -119,6 +136,8 @@ class Report:
     duplicate_executions: int
     not_as_expected: int
     slowest_publish: float
+    #: Operations whose email the SMTP server accepted more than once under one Message-ID.
+    duplicate_deliveries: int = 0
 
     @property
     def accounted(self) -> int:
@@ -146,6 +165,7 @@ COLUMNS = (
     ("case", "case"), ("ops", "operations"), ("ok", "succeeded"), ("failed", "failed"),
     ("dlq", "dead_lettered"), ("refused", "refused"), ("lost", "lost"), ("unexpected", "unexpected"),
     ("dup effects", "duplicate_effects"), ("dup execs", "duplicate_executions"),
+    ("dup deliveries", "duplicate_deliveries"),
     ("accounted", "accounted"), ("slowest publish", "slowest_publish"),
 )  # fmt: skip
 
@@ -178,8 +198,9 @@ class Worker:
         self.role = role
         self.log_path = log_path
         self._log = log_path.open("ab")
+        include = [] if role == "beat" else ["--include", "tests.chaos.faults"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers", role, "--include", "tests.chaos.faults", *extra],
+            [sys.executable, "-m", "workers", role, *include, *extra],
             cwd=ROOT,
             env=env,
             stdout=self._log,
@@ -213,6 +234,16 @@ class Worker:
                         signal_pid(pid, signal.SIGKILL)
                 self.proc.wait(10)
         self._log.close()
+
+
+def beat_role(beat: Worker) -> str | None:
+    """``leading`` or ``standby``, as the beat's log last said (None before it said either)."""
+    lines = [
+        line for line in beat.log().splitlines() if "beat: leading as" in line or "beat: standby" in line
+    ]
+    if not lines:
+        return None
+    return "leading" if "leading as" in lines[-1] else "standby"
 
 
 def signal_pid(pid: int, signum: int) -> None:
@@ -250,7 +281,10 @@ class Chaos:
                 for queue in ALL_QUEUES:
                     channel.queue_purge(queue)
         with self.engine.begin() as db:
-            tables = "payments, task_results, task_outbox, chaos_executions, chaos_effects"
+            tables = (
+                "payments, task_results, task_outbox, chaos_executions, chaos_effects, email_deliveries, "
+                "periodic_runs, beat_leases"
+            )
             db.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
 
     def close(self) -> None:
@@ -286,6 +320,39 @@ class Chaos:
         self.workers.append(worker)
         self.wait_consuming(worker)
         return worker
+
+    def start_beat(self, schedule: str, lease: float) -> Worker:
+        """Start a beat (the fleet's ``LeaderScheduler``) on a ``tests.integration.beat_schedules`` schedule.
+
+        Returns it once it announced itself as leader or standby.
+        """
+        env = dict(os.environ)
+        index = len(self.workers)
+        env.update(
+            MAINTENANCE_SCHEDULE=f"tests.integration.beat_schedules:{schedule}",
+            BEAT_LEASE_SECONDS=str(lease),
+            BEAT_SCHEDULE_FILE=str(self.tmp / f"beat-{index}.state"),
+            METRICS_PORT="0",
+            LOG_LEVEL="INFO",
+        )
+        beat = Worker("beat", self.tmp / f"beat-{index}.log", env, [])
+        self.workers.append(beat)
+
+        def announced() -> bool:
+            if beat.proc.poll() is not None:
+                raise AssertionError(f"beat exited:\n{beat.log()[-4000:]}")
+            return beat_role(beat) is not None
+
+        wait_for(announced, 60, "beat to lead or stand by")
+        return beat
+
+    def slots(self, job: str) -> list[tuple[Any, str]]:
+        """(slot, task id) of every run ``periodic_runs`` records for ``job``, by slot."""
+        with self.engine.connect() as db:
+            rows = db.execute(
+                text("SELECT slot, task_id FROM periodic_runs WHERE job = :job ORDER BY slot"), {"job": job}
+            )
+            return [(row.slot, row.task_id) for row in rows]
 
     def signal(self, pid: int, signum: int) -> None:
         """Signal a process of one of this case's workers (checked against their process trees)."""
@@ -333,12 +400,14 @@ class Chaos:
 
     # -- operations --------------------------------------------------------------------------------
 
-    def emails(self, count: int, first: int = 1) -> list[Operation]:
-        """Start this case's SMTP server; return ``count`` welcome-email operations."""
+    def emails(
+        self, count: int, first: int = 1, task_name: str = contracts.SEND_WELCOME_EMAIL
+    ) -> list[Operation]:
+        """Start this case's SMTP server; return ``count`` email operations (welcome emails by default)."""
         if self.smtp is None:
             self.smtp = FaultySmtp()
             self.smtp.start()
-        return [Operation(op, contracts.SEND_WELCOME_EMAIL, "success") for op in range(first, first + count)]
+        return [Operation(op, task_name, "success") for op in range(first, first + count)]
 
     def payments(self, count: int, first: int = 1) -> list[Operation]:
         """Create ``count`` pending payments; return one process-payment operation for each."""
@@ -501,10 +570,15 @@ class Chaos:
         with self.engine.connect() as db:
             effects = Counter(db.execute(text("SELECT op FROM chaos_effects")).scalars())
             executions = Counter(db.execute(text("SELECT op FROM chaos_executions")).scalars())
-        if self.smtp is not None:  # an email's effect: a message the SMTP server accepted
-            effects.update(
-                {int(to.split("@")[0].removeprefix("op-")): n for to, n in self.smtp.delivered.items()}
-            )
+        copies: Counter[int] = Counter()
+        if self.smtp is not None:
+            # An email's effect is a distinct Message-ID the SMTP server accepted (250): the
+            # at-least-once-with-a-dedup-key contract. Another copy under the same Message-ID
+            # is a duplicate delivery a receiver drops; a second Message-ID is a second email.
+            for (to, _), n in self.smtp.copies.items():
+                op = int(to.split("@")[0].removeprefix("op-"))
+                effects[op] += 1
+                copies[op] += n > 1
         known = {o.op for o in operations}
         outcomes: Counter[str] = Counter()
         lost = not_as_expected = 0
@@ -537,6 +611,7 @@ class Chaos:
             duplicate_executions=sum(1 for op, n in executions.items() if op in known and n > 1),
             not_as_expected=not_as_expected,
             slowest_publish=max((o.slowest for o in operations), default=0.0),
+            duplicate_deliveries=sum(1 for n in copies.values() if n),
         )
         if keep:
             self.reports.append(report)
@@ -580,4 +655,4 @@ class Chaos:
         return report
 
 
-__all__ = ["Chaos", "Operation", "Report", "faults", "render"]
+__all__ = ["Chaos", "Operation", "Report", "beat_role", "faults", "render"]

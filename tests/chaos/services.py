@@ -57,19 +57,32 @@ def pid_alive(pid: int) -> bool:
 
 
 class RabbitNode:
-    """A RabbitMQ node of our own: node name, AMQP and distribution ports, data and logs in ``base``."""
+    """A RabbitMQ node of our own: node name, AMQP and distribution ports, data and logs in ``base``.
 
-    def __init__(self, base: Path) -> None:
+    With ``tls`` (CA, certificate chain and key files) it also listens for AMQP
+    over TLS on ``tls_port``.
+    """
+
+    def __init__(self, base: Path, name: str = "chaos", tls: tuple[Path, Path, Path] | None = None) -> None:
         self.base = base
         self.port = free_port()
         self.dist_port = free_port()
-        self.nodename = f"magnetiq-chaos-{os.getpid()}@localhost"
+        self.tls_port = free_port() if tls else None
+        self.nodename = f"magnetiq-{name}-{os.getpid()}@localhost"
         self.pid: int | None = None
         self._launcher: subprocess.Popen[bytes] | None = None
         base.mkdir(parents=True, exist_ok=True)
-        (base / "rabbitmq.conf").write_text(
+        config = (
             f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\nlog.console = false\n"
         )
+        if tls:
+            ca, chain, key = tls
+            config += (
+                f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\nssl_options.cacertfile = {ca}\n"
+                f"ssl_options.certfile = {chain}\nssl_options.keyfile = {key}\n"
+                "ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n"
+            )
+        (base / "rabbitmq.conf").write_text(config)
         (base / "enabled_plugins").write_text("[].\n")
         (base / "rabbitmq-env.conf").write_text("")  # not the machine's: it names the machine's node
 
@@ -97,6 +110,10 @@ class RabbitNode:
     def url(self, vhost: str = "", user: str = "guest", password: str = "guest") -> str:
         """The AMQP URL of ``vhost`` on this node."""
         return f"amqp://{user}:{password}@127.0.0.1:{self.port}/{vhost}"
+
+    def tls_url(self, vhost: str = "", user: str = "guest", password: str = "guest") -> str:
+        """The AMQP-over-TLS URL of ``vhost`` on this node (its TLS listener)."""
+        return f"amqps://{user}:{password}@127.0.0.1:{self.tls_port}/{vhost}"
 
     def start(self, timeout: float = 90) -> float:
         """Start the node (keeping its data) and wait until it serves AMQP; return the seconds taken."""
@@ -195,10 +212,14 @@ class RabbitNode:
 
 
 class PostgresCluster:
-    """A PostgreSQL cluster of our own (``initdb`` + ``pg_ctl``) on its own port and socket directory."""
+    """A PostgreSQL cluster of our own (``initdb`` + ``pg_ctl``) on its own port and socket directory.
 
-    def __init__(self, base: Path) -> None:
+    With ``tls`` (certificate chain and key files) it runs with ``ssl=on``.
+    """
+
+    def __init__(self, base: Path, tls: tuple[Path, Path] | None = None) -> None:
         self.base = base
+        self.tls = tls
         self.data = base / "data"
         self.port = free_port()
         bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
@@ -211,9 +232,9 @@ class PostgresCluster:
         if os.geteuid() == 0:
             shutil.chown(base, self.user)
 
-    def url(self, database: str = "postgres") -> str:
-        """The ``postgresql://`` URL of ``database`` on this cluster."""
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", query: str = "") -> str:
+        """The ``postgresql://`` URL of ``database`` on this cluster (libpq options in ``query``)."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}{'?' if query else ''}{query}"
 
     def _run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         prefix = ["runuser", "-u", self.user, "--"] if os.geteuid() == 0 else []
@@ -233,6 +254,9 @@ class PostgresCluster:
         """Start the server and wait until it accepts connections; return the seconds taken."""
         started = time.monotonic()
         options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if self.tls:
+            chain, key = self.tls
+            options += f" -c ssl=on -c ssl_cert_file={chain} -c ssl_key_file={key}"
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options,
                   "-l", str(self.base / "server.log"), "-w", "-t", "60", "start")  # fmt: skip
         return time.monotonic() - started

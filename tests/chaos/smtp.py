@@ -28,6 +28,8 @@ class FaultySmtp:
         self.refuse: set[str] = set()  # recipients answered 550
         self.delivered: Counter[str] = Counter()  # recipient -> messages accepted
         self.message_ids: Counter[str] = Counter()
+        #: (recipient, Message-ID) -> messages accepted: one email, and the copies of it.
+        self.copies: Counter[tuple[str, str]] = Counter()
         self._attempted: set[str] = set()
         self._lock = threading.Lock()
         self._controller: Controller | None = None
@@ -42,8 +44,10 @@ class FaultySmtp:
             if self.fail_first and recipient not in self._attempted:
                 self._attempted.add(recipient)
                 return "451 4.3.0 try again later"
+            mid = str(message_from_bytes(envelope.original_content)["Message-ID"])
             self.delivered[recipient] += 1
-            self.message_ids[message_from_bytes(envelope.original_content)["Message-ID"]] += 1
+            self.message_ids[mid] += 1
+            self.copies[recipient, mid] += 1
         return "250 OK"
 
     def start(self) -> None:

@@ -1,11 +1,14 @@
-"""SMTP down, slow and failing under a real gevent email worker: every email once, or a reason."""
+"""SMTP down, slow and failing, and the gevent email worker killed: every email once, or a reason."""
 
 from __future__ import annotations
 
 import time
 
-from tests.chaos.harness import Chaos, recipient
+from app import contracts
+from app.mail.service import message_id
+from tests.chaos.harness import Chaos, Operation, recipient
 from tests.chaos.services import wait_for
+from tests.chaos.smtp import FaultySmtp
 
 
 def delivered(chaos: Chaos, count: int) -> None:
@@ -64,3 +67,38 @@ def test_smtp_failing(chaos: Chaos) -> None:
     assert report.dead_lettered == 10
     assert report.duplicate_executions >= 90  # each success took a retry
     no_addresses_logged(chaos)
+
+
+def test_kill_9_the_email_worker_with_sends_in_flight(chaos: Chaos) -> None:
+    # Welcome emails keyed by their task id, booking confirmations by the producer's own key.
+    operations = chaos.emails(60) + chaos.emails(60, 61, contracts.SEND_BOOKING_CONFIRMATION)
+    assert chaos.smtp is not None
+    smtp = chaos.smtp
+    smtp.delay = 0.3  # each DATA answered after 0.3 s: dozens of sends are in flight at any moment
+    worker = chaos.start_worker("email")
+
+    def fault() -> None:
+        nonlocal worker
+        for round_ in (1, 2):
+            delivered(chaos, 35 * round_)
+            worker.kill()  # mid-send: the ledger row stays ``sending``, the message unacked
+            worker = chaos.start_worker("email")
+
+    report = chaos.run("kill -9 gevent email worker", operations, fault, interval=0.03)
+    assert report.succeeded == 120
+    # Every email reached the server under one Message-ID; a copy under the same
+    # Message-ID (server accepted, process died before the ledger said ``sent``) is
+    # counted in dup deliveries, never as a second email.
+    assert report.duplicate_effects == 0
+    assert all(mid == message_id(key(o)) for o in operations for mid in ids(smtp, o))
+    no_addresses_logged(chaos)
+
+
+def key(operation: Operation) -> str:
+    """The idempotency key the worker sends ``operation`` under."""
+    return str(operation.kwargs.get("idempotency_key") or operation.task_id)
+
+
+def ids(smtp: FaultySmtp, operation: Operation) -> set[str]:
+    """The Message-IDs the SMTP server accepted for ``operation``'s recipient."""
+    return {mid for to, mid in smtp.copies if to == recipient(operation.op)}

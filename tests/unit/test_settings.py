@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from urllib.parse import urlsplit
 
 import pytest
@@ -287,3 +288,39 @@ def test_rejected_url_error_does_not_contain_the_password(
     message = str(caught.value)
     assert "LeakedPw-0a9b" not in message
     assert "LeakedPw" not in message
+
+
+def test_plain_amqp_has_no_tls_options() -> None:
+    assert Settings(celery_broker_url="amqp://u:p@broker:5672/v").broker_ssl is None
+
+
+def test_amqps_verifies_the_chain_and_the_host_name() -> None:
+    # given an amqps:// broker with a CA bundle and a client certificate
+    settings = Settings(
+        celery_broker_url="amqps://u:p@broker:5671/v",
+        broker_tls_ca_file="/etc/ca.pem",
+        broker_tls_cert_file="/etc/client.pem",
+        broker_tls_key_file="/etc/client.key",
+    )
+    # then every connection requires a certificate from that CA naming the URL's host
+    # (server_hostname None: kombu fills in the host, which turns the name check on)
+    assert settings.broker_ssl == {
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "server_hostname": None,
+        "ca_certs": "/etc/ca.pem",
+        "certfile": "/etc/client.pem",
+        "keyfile": "/etc/client.key",
+    }
+    assert settings.broker_ssl is not settings.broker_ssl  # kombu writes into it: a new dict each time
+
+
+@pytest.mark.parametrize(
+    ("url", "files", "message"),
+    [
+        ("amqp://u:p@broker/v", {"broker_tls_ca_file": "/ca.pem"}, "need an amqps://"),
+        ("amqps://u:p@broker/v", {"broker_tls_cert_file": "/c.pem"}, "BROKER_TLS_KEY_FILE"),
+    ],
+)
+def test_tls_files_must_make_sense(url: str, files: dict[str, str], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(celery_broker_url=url, **files)
