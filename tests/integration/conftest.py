@@ -29,6 +29,7 @@ from routing import declare_topology, names
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
 from tests.conftest import TEST_BROKER_URL, TEST_DATABASE_URL
 from tests.payment_provider import Ledger, running_provider
+from tests.smtp_server import ScriptedHandler, ScriptedSmtp
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_QUEUES = [q.name for q in (*TASK_QUEUES, *DEAD_LETTER_QUEUES)]
@@ -267,3 +268,18 @@ def start_worker(
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture(scope="module")
+def smtp_server() -> Iterator[ScriptedSmtp]:
+    """A scriptable SMTP server (aiosmtpd) for one test module."""
+    server = ScriptedSmtp().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def smtp(smtp_server: ScriptedSmtp) -> ScriptedHandler:
+    """The module's server, reset: accepts everything, no delay."""
+    smtp_server.handler.reset()
+    return smtp_server.handler

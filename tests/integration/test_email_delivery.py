@@ -7,7 +7,7 @@ without retry) and 100 sends overlapping in one worker.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import Message
 from typing import Any
 
@@ -28,20 +28,6 @@ from tests.smtp_server import ScriptedHandler, ScriptedSmtp
 
 START, END = "2026-12-01T10:00:00+01:00", "2026-12-01T11:30:00+01:00"
 BOOKING = {"booking_ref": "BK-42", "resource": "Studio A", "starts_at": START}
-
-
-@pytest.fixture(scope="module")
-def smtp_server() -> Iterator[ScriptedSmtp]:
-    server = ScriptedSmtp().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def smtp(smtp_server: ScriptedSmtp) -> ScriptedHandler:
-    """The module's server, reset: accepts everything, no delay."""
-    smtp_server.handler.reset()
-    return smtp_server.handler
 
 
 @pytest.fixture(scope="module")

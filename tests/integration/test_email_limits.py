@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,19 +22,6 @@ RATE = 25
 SMTP_TIMEOUT = 2
 #: The worker's lease on a key it is sending: 6 x SMTP_TIMEOUT + 30 s.
 LEASE = 6 * SMTP_TIMEOUT + 30
-
-
-@pytest.fixture(scope="module")
-def smtp_server() -> Iterator[ScriptedSmtp]:
-    server = ScriptedSmtp().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def smtp(smtp_server: ScriptedSmtp) -> ScriptedHandler:
-    smtp_server.handler.reset()
-    return smtp_server.handler
 
 
 @pytest.fixture(scope="module")
