@@ -11,7 +11,6 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass
-from email.message import EmailMessage
 
 import aiosmtplib
 
@@ -66,8 +65,8 @@ class SmtpPool:
         #: Connections opened so far (tests read it to see reuse).
         self.opened = 0
 
-    async def send(self, message: EmailMessage) -> None:
-        """Send ``message`` on a pooled connection, opening one when none is idle.
+    async def send(self, sender: str, recipients: list[str], data: bytes) -> None:
+        """Send the serialised message ``data`` on a pooled connection, opening one when none is idle.
 
         Raises:
             aiosmtplib.SMTPException, OSError, TimeoutError: as aiosmtplib raises them.
@@ -76,7 +75,7 @@ class SmtpPool:
             await self._limiter.wait()
             client = await self._checkout()
             try:
-                await client.send_message(message)
+                await client.sendmail(sender, recipients, data)
             except aiosmtplib.SMTPResponseException as exc:
                 # aiosmtplib has sent RSET: the connection is reusable unless the
                 # server said it is closing (421) or went away.

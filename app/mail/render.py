@@ -38,6 +38,8 @@ class Renderer:
             autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
             undefined=StrictUndefined,
             keep_trailing_newline=True,
+            # packaged templates never change under a running worker: no stat() per render
+            auto_reload=False,
         )
 
     def render(self, template: str, /, **context: Any) -> RenderedEmail:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-from email.headerregistry import BaseHeader, HeaderRegistry
+import secrets
+from email.header import Header
 from email.message import EmailMessage
-from email.policy import default
-from email.utils import parseaddr
+from email.utils import formataddr, parseaddr
 
 from app.mail import emails
 from app.mail.emails import Attachment, Outgoing
 from app.mail.ledger import DeliveryLedger
+from app.mail.mime import POLICY
 from app.mail.render import Renderer
 from app.mail.smtp import EmailSender, SmtpPermanentError, SmtpTransientError
 
@@ -32,29 +33,6 @@ class DeliveryBusy(Exception):
         self.retry_in = retry_in
 
 
-class _CachedHeaderRegistry(HeaderRegistry):
-    """The stdlib's header registry, remembering the headers it parsed most recently.
-
-    Parsing a header (and its MIME parameters) is most of the CPU of building a
-    message, and most headers repeat from one email to the next: the sender,
-    ``MIME-Version``, each part's ``Content-Type`` and transfer encoding. A
-    parsed header is an immutable string, so the same object can serve every
-    message that has that header.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._parse = functools.lru_cache(maxsize=256)(super().__call__)
-
-    def __call__(self, name: str, value: str) -> BaseHeader:
-        """Return the parsed header ``name: value`` (the same object for a repeat)."""
-        return self._parse(name, value)
-
-
-#: The default email policy, with parsed headers remembered.
-POLICY = default.clone(header_factory=_CachedHeaderRegistry())
-
-
 def message_id(key: str, domain: str = "magnetiq.mail") -> str:
     """Return a Message-ID derived from ``key``, so every resend carries the same one."""
     return f"<{hashlib.sha256(key.encode()).hexdigest()[:40]}@{domain}>"
@@ -65,6 +43,42 @@ def _header(value: str, what: str) -> str:
     if "\x00" in value or (value and value.splitlines() != [value]):
         raise InvalidEmail(f"{what} contains a line break or NUL")
     return value
+
+
+def _mailbox(value: str, what: str, *, bare: bool = False) -> str:
+    """``value`` as an ASCII mailbox: an IDNA domain, an RFC 2047 display name.
+
+    Raises:
+        InvalidEmail: not one address (or, with ``bare``, not only an address),
+            or a local part that is not ASCII (that needs SMTPUTF8).
+    """
+    name, address = parseaddr(value)
+    local, _, domain = address.rpartition("@")
+    if not local or not domain or (bare and address != value):
+        raise InvalidEmail(f"{what} is not a single email address")
+    if not local.isascii():
+        raise InvalidEmail(f"{what} has a non-ASCII local part (SMTPUTF8 is not supported)")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise InvalidEmail(f"{what} has an invalid domain") from None
+    return formataddr((name, f"{local}@{domain}"), charset="utf-8")
+
+
+@functools.lru_cache(maxsize=16)
+def _sender_mailbox(mail_from: str) -> str:
+    # The sender is configuration: the same string on every message.
+    return _mailbox(mail_from, "sender")
+
+
+def _boundary() -> str:
+    """A MIME boundary no body can contain: 120 random bits (short enough to fit one header line).
+
+    Without one, the generator draws a guessable number and compiles a new
+    regular expression to search every part for it, on each message.
+    """
+    return f"=_{secrets.token_urlsafe(15)}"
 
 
 def build_message(
@@ -81,17 +95,17 @@ def build_message(
     Raises:
         InvalidEmail: a header value has CR/LF/NUL or the recipient is not one address.
     """
-    _, address = parseaddr(_header(to, "recipient"))
-    local, _, domain = address.rpartition("@")
-    if not local or not domain or address != to:
-        raise InvalidEmail("recipient is not a single email address")
     message = EmailMessage(policy=POLICY)
-    message["From"] = _header(mail_from, "sender")
-    message["To"] = address
-    message["Subject"] = _header(subject, "subject")
+    message["From"] = _sender_mailbox(_header(mail_from, "sender"))
+    message["To"] = _mailbox(_header(to, "recipient"), "recipient", bare=True)
+    subject = _header(subject, "subject")
+    message["Subject"] = subject if subject.isascii() else Header(subject, "utf-8", header_name="Subject")
     message["Message-ID"] = message_id(key)
     message.set_content(text)
+    message.make_alternative(boundary=_boundary())
     message.add_alternative(html, subtype="html")
+    if attachments:
+        message.make_mixed(boundary=_boundary())
     for attachment in attachments:
         maintype, _, subtype = attachment.content_type.partition("/")
         message.add_attachment(

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
 import time
 from collections.abc import Callable
 from email.message import EmailMessage
+from email.utils import parseaddr
 from typing import Protocol
 
 import aiosmtplib
 
 from app.mail.bridge import BRIDGE, AsyncioBridge
+from app.mail.mime import to_bytes
 from app.mail.pool import SmtpConfig, SmtpPool
 
 __all__ = ["AioSmtpSender", "EmailSender", "SmtpConfig", "SmtpPermanentError", "SmtpTransientError"]
@@ -94,10 +97,14 @@ class AioSmtpSender:
             self._observe(result, time.perf_counter() - started)
 
     def _deliver(self, message: EmailMessage) -> None:
+        # Serialised here, in the caller's greenlet: the loop thread only does I/O.
+        sender, recipient = _sender_address(message["From"]), parseaddr(message["To"])[1]
+        data = to_bytes(message)
         pool = self.pool()
         try:
             self._bridge.run(
-                lambda: pool.send(message), timeout=self._config.timeout * SEND_DEADLINE_TIMEOUTS
+                lambda: pool.send(sender, [recipient], data),
+                timeout=self._config.timeout * SEND_DEADLINE_TIMEOUTS,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             raise classify(min(r.code for r in exc.recipients), exc.recipients[0].message) from exc
@@ -105,6 +112,12 @@ class AioSmtpSender:
             raise classify(exc.code, exc.message) from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise SmtpTransientError(f"SMTP unavailable: {type(exc).__name__}: {scrub(str(exc))}") from exc
+
+
+@functools.lru_cache(maxsize=16)
+def _sender_address(header: str) -> str:
+    """The address of a From header (configuration: the same on every message)."""
+    return parseaddr(header)[1]
 
 
 #: Anything shaped like an email address, removed from error texts (logs, results).

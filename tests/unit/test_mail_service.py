@@ -15,6 +15,7 @@ from icalendar import Calendar
 from app.mail import emails
 from app.mail.emails import Booking
 from app.mail.ledger import Claim
+from app.mail.mime import to_bytes
 from app.mail.preview import write_preview
 from app.mail.render import Renderer
 from app.mail.service import DeliveryBusy, InvalidEmail, MailService, build_message, message_id
@@ -120,6 +121,40 @@ def test_recipient_must_be_one_plain_address(to: str) -> None:
     # then it is refused
     with pytest.raises(InvalidEmail, match="not a single email address"):
         _build(to=to)
+
+
+@pytest.mark.parametrize("subject", ["Willkommen, Zoë — 漢字 " + "long " * 60, "Welcome " + "long " * 60])
+def test_wire_bytes_encode_non_ascii_headers_and_parse_back(subject: str) -> None:
+    # given a sender name and a recipient domain that are not ASCII, and a long subject
+    message = _build(
+        mail_from="Magnetiq Büro <no-reply@magnetiq.local>",
+        to="ada@bücher.example",
+        subject=subject,
+        text="Grüße, Zoë",
+    )
+
+    # when it is written for SMTP
+    wire = to_bytes(message)
+
+    # then it is 7-bit with CRLF line ends, no line near the 998 limit, and reads back unchanged
+    assert wire.isascii()
+    assert b"\n" not in wire.replace(b"\r\n", b"")
+    assert max(len(line) for line in wire.split(b"\r\n")) <= 78
+    back = message_from_bytes(wire, policy=default)
+    assert back["Subject"] == subject
+    assert back["From"].addresses[0].display_name == "Magnetiq Büro"
+    assert back["From"].addresses[0].addr_spec == "no-reply@magnetiq.local"
+    assert back["To"] == "ada@xn--bcher-kva.example"
+    assert back["Message-ID"] == message_id("task-1")
+    assert back.get_body(("plain",)).get_content().strip() == "Grüße, Zoë"
+
+
+def test_non_ascii_local_part_is_refused_before_smtp() -> None:
+    # given a recipient whose local part needs SMTPUTF8
+    # when the message is built
+    # then it is refused with the reason
+    with pytest.raises(InvalidEmail, match="non-ASCII local part"):
+        _build(to="zoë@example.com")
 
 
 def test_send_welcome_hands_one_message_to_the_sender() -> None:
