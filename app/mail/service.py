@@ -93,7 +93,8 @@ def build_message(
     """Build a multipart/alternative message (text first, then HTML), inside multipart/mixed with attachments.
 
     Raises:
-        InvalidEmail: a header value has CR/LF/NUL or the recipient is not one address.
+        InvalidEmail: a header value has CR/LF/NUL, the recipient is not one address,
+            or an address has a non-ASCII local part.
     """
     message = EmailMessage(policy=POLICY)
     message["From"] = _sender_mailbox(_header(mail_from, "sender"))
