@@ -5,15 +5,19 @@ forked children, builds a backend per greenlet under gevent, and locks the row
 before each write. This backend keeps Celery's result API (``AsyncResult``,
 groups, chords through ``chord_unlock``) and stores each state change with a
 single ``INSERT ... ON CONFLICT DO UPDATE`` whose ``WHERE`` clause keeps a
-finished result from being overwritten by a late duplicate.
+finished result from being overwritten by a late duplicate. A write that
+belongs with a task's outcome (the mail ledger's "sent" mark) can ride in the
+same round trip and transaction (``commit_with_result``).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from celery import states
+from celery import signals, states
 from celery.backends.base import BaseBackend
 from celery.result import GroupResult, result_from_tuple
 from kombu.utils.json import dumps, loads
@@ -52,6 +56,9 @@ _SAVE_GROUP = """
 INSERT INTO group_results (group_id, result, date_done) VALUES (%s, %s, %s)
 ON CONFLICT (group_id) DO UPDATE SET result = EXCLUDED.result, date_done = EXCLUDED.date_done
 """
+#: Statements waiting for the transaction that stores a task's next state, by task id.
+_riders: dict[str, list[tuple[str, Any]]] = {}
+log = logging.getLogger(__name__)
 #: Expired rows are deleted in batches, so cleanup never holds a long table lock.
 CLEANUP_BATCH = 5000
 _CLEANUP = """
@@ -78,7 +85,9 @@ class PostgresBackend(BaseBackend):
         self.synchronous_commit = bool(options.get("synchronous_commit", True))
 
     # -- connections -----------------------------------------------------
-    def _execute(self, sql: str, params: Any, fetch: bool = False) -> Any:
+    def _execute(
+        self, sql: str, params: Any, fetch: bool = False, riders: Sequence[tuple[str, Any]] = ()
+    ) -> Any:
         # All 30 connections are kept once opened: an overflow connection is
         # closed when returned, which under the gevent pool meant a new server
         # session (a PostgreSQL process) for most results.
@@ -97,7 +106,12 @@ class PostgresBackend(BaseBackend):
                     for statement in _PREPARE.values():
                         cursor.execute(statement)
                     connection.info["magnetiq_prepared"] = True
-                cursor.execute(sql, params)
+                if riders:
+                    # One query string is one implicit transaction: all of it commits, or none.
+                    bound = [cursor.mogrify(s, p) for s, p in (*riders, (sql, params))]
+                    cursor.execute(b";\n".join(bound))
+                else:
+                    cursor.execute(sql, params)
                 return cursor.fetchone() if fetch else cursor.rowcount
             finally:
                 cursor.close()
@@ -112,6 +126,23 @@ class PostgresBackend(BaseBackend):
         return isinstance(exc, self.RETRYABLE)
 
     # -- task results ----------------------------------------------------
+    def commit_with_result(self, task_id: str, sql: str, params: Any) -> None:
+        """Run ``sql`` in the transaction (and round trip) that stores ``task_id``'s next state.
+
+        For a write that belongs with the task's outcome and must be committed
+        before its message is acked. The caller must know that a state will be
+        stored (results not ignored); should none be, ``task_postrun`` runs
+        the statement on its own, still before the ack.
+        """
+        _riders.setdefault(task_id, []).append((sql, params))
+
+    def flush_riders(self, task_id: str) -> None:
+        """Run the statements still waiting for ``task_id``'s state, in one round trip."""
+        riders = _riders.pop(task_id, None)
+        if riders:
+            (sql, params), before = riders[-1], riders[:-1]
+            self._execute(sql, params, riders=before)
+
     def _store_result(
         self,
         task_id: str,
@@ -122,6 +153,7 @@ class PostgresBackend(BaseBackend):
         **kwargs: Any,
     ) -> Any:
         children = self.current_task_children(request)
+        riders = _riders.get(task_id, ())
         self._execute(
             _UPSERT,
             (
@@ -133,7 +165,10 @@ class PostgresBackend(BaseBackend):
                 dumps(children) if children else None,
                 datetime.now(UTC) if state in self.READY_STATES else None,
             ),
+            riders=riders,
         )
+        if riders:  # kept until stored: a retried store carries them again
+            _riders.pop(task_id, None)
         return result
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
@@ -201,6 +236,22 @@ class PostgresBackend(BaseBackend):
 
     def __reduce__(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         return super().__reduce__(args, {**(kwargs or {}), "url": self.url})  # type: ignore[call-arg]
+
+
+@signals.task_postrun.connect(weak=False)
+def _flush_riders(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    # The end of the trace, before the ack: what no stored state took runs on its own.
+    waiting = len(_riders.get(task_id or "", ()))
+    if not waiting:
+        return
+    backend = getattr(task, "backend", None)
+    try:
+        if not isinstance(backend, PostgresBackend):  # pragma: no cover - riders come from this backend
+            raise TypeError(f"the task's backend is {type(backend).__name__}")
+        backend.flush_riders(task_id or "")
+    except Exception as exc:
+        _riders.pop(task_id or "", None)
+        log.error("task %s: %d statement(s) bound to its result not committed: %s", task_id, waiting, exc)
 
 
 def _load(text: str | None) -> Any:

@@ -7,12 +7,16 @@ it until its lease runs out (that attempt's process may have died mid-send).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
+#: ``commit_with(task_id, sql, params)``: commit ``sql`` with the running task's result
+#: row and return True, or return False (then the ledger runs it on its own).
+CommitWith = Callable[[str, str, dict[str, Any]], bool]
 #: What a claim found: send now, already sent, another attempt holds it, or refused for good.
 ClaimState = Literal["send", "sent", "busy", "refused"]
 
@@ -34,8 +38,8 @@ class DeliveryLedger(Protocol):
     def claim(self, key: str, template: str, message_id: str, task_id: str | None) -> Claim:
         """Take ``key`` for sending unless it was sent, is being sent, or was refused."""
 
-    def record_sent(self, key: str) -> None:
-        """Mark ``key`` as sent."""
+    def record_sent(self, key: str, task_id: str | None = None) -> None:
+        """Mark ``key`` as sent (by task ``task_id``, when a task sent it)."""
 
     def record_failure(self, key: str, reason: str, *, permanent: bool) -> None:
         """Release ``key`` after a failed attempt (``permanent``: never try it again)."""
@@ -74,10 +78,17 @@ class SqlDeliveryLedger:
     round trip they wrap.
     """
 
-    def __init__(self, engine: Engine, lease_seconds: float) -> None:
-        """Use ``engine``; a ``sending`` row older than ``lease_seconds`` may be taken over."""
+    def __init__(self, engine: Engine, lease_seconds: float, commit_with: CommitWith | None = None) -> None:
+        """Use ``engine``; a ``sending`` row older than ``lease_seconds`` may be taken over.
+
+        With ``commit_with``, the ``sent`` mark of an email a task sent rides in
+        the round trip that stores the task's result (see
+        ``PostgresBackend.commit_with_result``): one round trip and commit per
+        email fewer, still committed before the task's message is acked.
+        """
         self._engine = engine
         self._lease = lease_seconds
+        self._commit_with = commit_with
         dbapi = engine.dialect.dbapi
         self._dbapi_errors: tuple[type[BaseException], ...] = (
             (dbapi.OperationalError, dbapi.InterfaceError) if dbapi is not None else (DBAPIError,)
@@ -104,9 +115,12 @@ class SqlDeliveryLedger:
             return Claim("refused", reason)
         return Claim("busy", retry_in=max(1.0, float(lease_left)))
 
-    def record_sent(self, key: str) -> None:
-        """Mark ``key`` as sent."""
-        self._execute(_SENT, {"key": key})
+    def record_sent(self, key: str, task_id: str | None = None) -> None:
+        """Mark ``key`` as sent: with task ``task_id``'s result when it can, else at once."""
+        params = {"key": key}
+        if task_id and self._commit_with is not None and self._commit_with(task_id, _SENT, params):
+            return
+        self._execute(_SENT, params)
 
     def record_failure(self, key: str, reason: str, *, permanent: bool) -> None:
         """Store the reason; a transient failure leaves the key ``pending`` for the next attempt."""

@@ -181,10 +181,10 @@ class MailService:
             if claim.state == "busy":
                 retry_in = claim.retry_in or 1.0
                 raise DeliveryBusy(f"{outgoing.label} {mid} is being sent by another attempt", retry_in)
-        self._deliver(outgoing.key, message)
+        self._deliver(outgoing.key, message, outgoing.task_id)
         return f"{outgoing.label} sent {mid}"
 
-    def _deliver(self, key: str, message: EmailMessage) -> None:
+    def _deliver(self, key: str, message: EmailMessage, task_id: str | None) -> None:
         try:
             self._sender.send(message)
         except (SmtpTransientError, SmtpPermanentError) as exc:
@@ -197,7 +197,7 @@ class MailService:
                 self._ledger.record_failure(key, "interrupted", permanent=False)
             raise
         if self._ledger is not None:
-            self._ledger.record_sent(key)
+            self._ledger.record_sent(key, task_id)
 
     def send_welcome(self, user_email: str, user_name: str, key: str, task_id: str | None = None) -> str:
         """Send the welcome email; ``key`` fixes its Message-ID and de-duplicates it."""

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import Engine
 
 from app.booking.provider import HttpPaymentProvider
+from app.celery_app import celery_app
 from app.db import engine_for
 from app.mail.ledger import SqlDeliveryLedger
 from app.mail.render import Renderer
 from app.mail.service import MailService
 from app.mail.smtp import SEND_DEADLINE_TIMEOUTS, AioSmtpSender, SendObserver, SmtpConfig
-from app.settings import get_settings
+from app.result_backend import PostgresBackend
+from app.settings import get_settings, sqlalchemy_url
 
 #: Called after each SMTP send with its result (``ok``, ``transient``, ``permanent``)
 #: and seconds; ``workers.metrics`` sets it, so app code never imports the workers.
@@ -51,10 +54,29 @@ def mail_service() -> MailService:
     # when it is returned, so 100 greenlets opened one per statement.
     ledger_engine = engine_for(settings.database_url, pool_size=30, max_overflow=0, autocommit=True)
     ledger = SqlDeliveryLedger(
-        ledger_engine, lease_seconds=settings.smtp_timeout * SEND_DEADLINE_TIMEOUTS + 30
+        ledger_engine,
+        lease_seconds=settings.smtp_timeout * SEND_DEADLINE_TIMEOUTS + 30,
+        commit_with=commit_with_result,
     )
     sender = AioSmtpSender(config, observe=_smtp_sent)
     return MailService(sender, Renderer(), settings.mail_from, ledger)
+
+
+def commit_with_result(task_id: str, sql: str, params: dict[str, Any]) -> bool:
+    """Have ``sql`` committed with the running task's result row, if that row will be stored.
+
+    Only for task ``task_id`` running in this process (not eagerly) with its
+    result stored by the fleet's backend in the domain database: anywhere else
+    the caller runs ``sql`` itself.
+    """
+    task = celery_app.current_worker_task  # None outside a worker's task, and for eager calls
+    if task is None or task.request.id != task_id or task.ignore_result or task.request.ignore_result:
+        return False
+    backend = task.backend
+    if not isinstance(backend, PostgresBackend) or backend.url != sqlalchemy_url(get_settings().database_url):
+        return False
+    backend.commit_with_result(task_id, sql, params)
+    return True
 
 
 def _smtp_sent(result: str, seconds: float) -> None:

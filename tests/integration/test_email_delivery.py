@@ -92,6 +92,32 @@ def test_every_template_arrives_once_with_its_parts(
         assert delivery(database, result.id)["status"] == "sent"
 
 
+def test_the_sent_mark_is_committed_with_the_result_row_or_alone_when_results_are_ignored(
+    email_worker: WorkerProcess, smtp: ScriptedHandler, database: Any
+) -> None:
+    # given one welcome email with its result stored, one with results ignored
+    stored = send_welcome_email.apply_async(args=("ada@example.com", "Ada"))
+    ignored = send_welcome_email.apply_async(args=("bob@example.com", "Bob"), ignore_result=True)
+    assert stored.get(timeout=30).startswith("Welcome email sent")
+    wait_until(lambda: len(smtp.messages) == 2, 30, "both emails at the server")
+    # then the first email's sent mark was written by its result row's transaction
+    with database.connect() as db:
+        xmins = db.execute(
+            text(
+                "SELECT d.xmin::text, r.xmin::text FROM email_deliveries d "
+                "JOIN task_results r ON r.task_id = d.task_id WHERE d.idempotency_key = :k"
+            ),
+            {"k": stored.id},
+        ).one()
+    assert xmins[0] == xmins[1]
+    assert delivery(database, stored.id)["status"] == "sent"
+    # and the second is recorded sent on its own, with no result row
+    wait_until(lambda: delivery(database, ignored.id)["status"] == "sent", 30, "the second recorded sent")
+    with database.connect() as db:
+        rows = db.execute(text("SELECT count(*) FROM task_results WHERE task_id = :id"), {"id": ignored.id})
+        assert rows.scalar_one() == 0
+
+
 def test_a_redelivered_task_does_not_send_twice(
     email_worker: WorkerProcess, smtp: ScriptedHandler, database: Any
 ) -> None:

@@ -8,12 +8,16 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from celery import states
+from celery import signals, states
 from celery.result import AsyncResult, GroupResult
 from sqlalchemy import text
 
 from app import result_backend
 from app.celery_app import celery_app
+from app.db import engine_for
+from app.mail.ledger import Claim, SqlDeliveryLedger
+from app.settings import get_settings
+from app.tasks.email_tasks import send_welcome_email
 
 
 @pytest.fixture
@@ -152,3 +156,88 @@ def test_asynchronous_commit_is_a_per_session_choice(database: Any, monkeypatch:
     # the domain engine keeps durable commits
     with database.connect() as db:
         assert db.execute(text("SHOW synchronous_commit")).scalar() == "on"
+
+
+def _riding_ledger(backend: result_backend.PostgresBackend) -> SqlDeliveryLedger:
+    """The mail ledger with its sent marks riding on ``backend``'s result rows."""
+
+    def commit_with(task_id: str, sql: str, params: dict[str, Any]) -> bool:
+        backend.commit_with_result(task_id, sql, params)
+        return True
+
+    engine = engine_for(get_settings().database_url, autocommit=True)
+    return SqlDeliveryLedger(engine, lease_seconds=60, commit_with=commit_with)
+
+
+def _sent_riding_on_a_result(backend: result_backend.PostgresBackend) -> tuple[str, str]:
+    """A new task's email, claimed and marked sent, the mark riding on its result: (task id, key)."""
+    task_id = str(uuid.uuid4())
+    ledger = _riding_ledger(backend)
+    assert ledger.claim(f"ride-{task_id}", "welcome", "<m@x>", task_id) == Claim("send")
+    ledger.record_sent(f"ride-{task_id}", task_id)
+    return task_id, f"ride-{task_id}"
+
+
+def _delivery(database: Any, key: str) -> tuple[str, int]:
+    """(status, xmin: the id of the transaction that last wrote it) of a ledger row."""
+    with database.connect() as db:
+        row = db.execute(
+            text("SELECT status, xmin::text::bigint FROM email_deliveries WHERE idempotency_key = :k"),
+            {"k": key},
+        ).one()
+    return row[0], row[1]
+
+
+def _result_xmin(database: Any, task_id: str) -> int:
+    with database.connect() as db:
+        return int(
+            db.execute(
+                text("SELECT xmin::text::bigint FROM task_results WHERE task_id = :id"), {"id": task_id}
+            ).scalar_one()
+        )
+
+
+def test_a_sent_mark_commits_in_the_transaction_of_the_result_row(
+    backend: result_backend.PostgresBackend, database: Any
+) -> None:
+    # given an email claimed by a task, then marked sent, riding on the task's result
+    task_id, key = _sent_riding_on_a_result(backend)
+    # then nothing is written before the task's state is stored
+    assert _delivery(database, key)[0] == "sending"
+    # when the state is stored
+    backend.store_result(task_id, "sent", states.SUCCESS)
+    # then both rows were written by one transaction
+    status, xmin = _delivery(database, key)
+    assert status == "sent"
+    assert xmin == _result_xmin(database, task_id)
+
+
+def test_a_failed_store_commits_neither_and_the_mark_rides_on_the_next_one(
+    backend: result_backend.PostgresBackend, database: Any
+) -> None:
+    # given a sent mark riding on a task's result
+    task_id, key = _sent_riding_on_a_result(backend)
+    # when storing the state fails in the database (a state too long for its column)
+    with pytest.raises(Exception, match="too long"):
+        backend.store_result(task_id, None, "X" * 60)
+    # then the mark was rolled back with it
+    assert _delivery(database, key)[0] == "sending"
+    assert _row(database, task_id) is None
+    # and the next stored state carries it
+    backend.store_result(task_id, "sent", states.SUCCESS)
+    assert _delivery(database, key)[0] == "sent"
+
+
+def test_a_mark_no_stored_state_took_is_committed_at_the_end_of_the_task(
+    backend: result_backend.PostgresBackend, database: Any
+) -> None:
+    # given a sent mark riding on a task whose state was never stored
+    task_id, key = _sent_riding_on_a_result(backend)
+    # when the task's trace ends (task_postrun comes before the ack)
+    task = send_welcome_email
+    signals.task_postrun.send(sender=task, task_id=task_id, task=task, args=(), kwargs={}, state="SUCCESS")
+    # then the mark is committed on its own, and nothing waits any more
+    assert _delivery(database, key)[0] == "sent"
+    assert _row(database, task_id) is None
+    backend.store_result(task_id, "later", states.SUCCESS)  # carries nothing
+    assert _delivery(database, key)[0] == "sent"

@@ -207,7 +207,7 @@ class MemoryLedger:
             row["status"], Claim("busy")
         )
 
-    def record_sent(self, key: str) -> None:
+    def record_sent(self, key: str, task_id: str | None = None) -> None:
         self.rows[key]["status"] = "sent"
 
     def record_failure(self, key: str, reason: str, *, permanent: bool) -> None:
