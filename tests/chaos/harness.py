@@ -44,6 +44,7 @@ from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
 from tests.chaos import faults
 from tests.chaos.services import PostgresCluster, RabbitNode, descendants, pid_alive, wait_for
 from tests.chaos.smtp import FaultySmtp
+from tests.worker_process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK_QUEUES = [queue.name for queue in TASK_QUEUES]
@@ -191,25 +192,12 @@ def render(reports: Iterable[Report]) -> str:
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
-class Worker:
-    """A real worker process (``python -m workers <role>``) with the test-only faults module."""
+class Worker(WorkerProcess):
+    """A real worker process with the test-only faults module (beat runs without it)."""
 
     def __init__(self, role: str, log_path: Path, env: dict[str, str], extra: list[str]) -> None:
-        self.role = role
-        self.log_path = log_path
-        self._log = log_path.open("ab")
         include = [] if role == "beat" else ["--include", "tests.chaos.faults"]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers", role, *include, *extra],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def log(self) -> str:
-        """Everything the worker printed so far."""
-        return self.log_path.read_text(errors="replace")
+        super().__init__(role, log_path, env, [*include, *extra], append=True)
 
     def kill(self) -> None:
         """SIGKILL the worker and every process it started (ids read from /proc first)."""
@@ -221,19 +209,15 @@ class Worker:
         self.proc.wait(30)
         wait_for(lambda: not any(pid_alive(pid) for pid in family), 30, "the killed worker's processes")
 
-    def stop(self) -> None:
-        """Warm shutdown; SIGKILL the worker and its children if it takes over 30 s."""
-        if self.proc.poll() is None:
-            family = [self.proc.pid, *descendants(self.proc.pid)]
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                for pid in family:
-                    if pid_alive(pid):
-                        signal_pid(pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._log.close()
+    def stop(self, timeout: float = 30) -> int:
+        """Warm shutdown; past ``timeout`` the worker is killed, and so is every process it started."""
+        family = descendants(self.proc.pid) if self.proc.poll() is None else []
+        code = super().stop(timeout)
+        if code == -signal.SIGKILL:
+            for pid in family:
+                if pid_alive(pid):
+                    signal_pid(pid, signal.SIGKILL)
+        return code
 
 
 def beat_role(beat: Worker) -> str | None:

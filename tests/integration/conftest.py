@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -30,6 +27,9 @@ from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
 from tests.conftest import TEST_BROKER_URL, TEST_DATABASE_URL
 from tests.payment_provider import Ledger, running_provider
 from tests.smtp_server import ScriptedHandler, ScriptedSmtp
+from tests.worker_process import WorkerProcess, terminate
+
+__all__ = ["WorkerProcess", "terminate"]  # imported from here by the integration tests
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_QUEUES = [q.name for q in (*TASK_QUEUES, *DEAD_LETTER_QUEUES)]
@@ -190,44 +190,6 @@ def sink(smtp_sink: SmtpSink) -> SmtpSink:
     """The module's SMTP sink, emptied for this test."""
     smtp_sink.messages.clear()
     return smtp_sink
-
-
-def terminate(proc: subprocess.Popen[bytes], timeout: float = 15) -> int:
-    """SIGTERM a process this test started; SIGKILL it only after ``timeout``."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    return proc.returncode
-
-
-class WorkerProcess:
-    """A real worker process started with ``python -m workers <role>``."""
-
-    def __init__(self, role: str, log_path: Path, env: dict[str, str], extra: list[str]) -> None:
-        self.role = role
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers", role, *extra],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def log(self) -> str:
-        """Everything the worker printed so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 30) -> int:
-        """Warm-shut the worker down (SIGTERM), killing it only after ``timeout``."""
-        code = terminate(self.proc, timeout)
-        self._log.close()
-        return code
 
 
 def worker_env(**overrides: str) -> dict[str, str]:
