@@ -27,9 +27,7 @@ from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
 from tests.conftest import TEST_BROKER_URL, TEST_DATABASE_URL
 from tests.payment_provider import Ledger, running_provider
 from tests.smtp_server import ScriptedHandler, ScriptedSmtp
-from tests.worker_process import WorkerProcess, terminate
-
-__all__ = ["WorkerProcess", "terminate"]  # imported from here by the integration tests
+from tests.worker_process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_QUEUES = [q.name for q in (*TASK_QUEUES, *DEAD_LETTER_QUEUES)]

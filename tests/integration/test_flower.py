@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from app.tasks.booking_tasks import process_payment
-from tests.integration.conftest import ROOT, WorkerProcess, free_port, terminate, wait_until, worker_env
+from tests.integration.conftest import ROOT, WorkerProcess, free_port, wait_until, worker_env
+from tests.worker_process import terminate
 
 
 def _get(url: str) -> Any:

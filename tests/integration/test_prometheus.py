@@ -17,7 +17,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from sqlalchemy import text
 
 from app.tasks.booking_tasks import process_payment
-from tests.integration.conftest import ROOT, WorkerProcess, _unavailable, free_port, terminate, wait_until
+from tests.integration.conftest import ROOT, WorkerProcess, _unavailable, free_port, wait_until
+from tests.worker_process import terminate
 from workers import metrics
 
 PROMTOOL = Path("/usr/bin/promtool")
