@@ -244,11 +244,8 @@ def _flush_riders(task_id: str | None = None, task: Any = None, **_: Any) -> Non
     waiting = len(_riders.get(task_id or "", ()))
     if not waiting:
         return
-    backend = getattr(task, "backend", None)
     try:
-        if not isinstance(backend, PostgresBackend):  # pragma: no cover - riders come from this backend
-            raise TypeError(f"the task's backend is {type(backend).__name__}")
-        backend.flush_riders(task_id or "")
+        task.backend.flush_riders(task_id)
     except Exception as exc:
         _riders.pop(task_id or "", None)
         log.error("task %s: %d statement(s) bound to its result not committed: %s", task_id, waiting, exc)
