@@ -22,6 +22,7 @@ from pathlib import Path
 
 from app.migrate import upgrade
 from tests.bench.booking_flow import Flow, measure_booking_flow
+from tests.bench.cpu import GROUPS
 from tests.bench.email import SMTP_DELAY, measure_email
 from tests.bench.harness import Bench, Drain, measure_drain
 from tests.bench.latency import measure_latency
@@ -254,6 +255,14 @@ def run(bench: Bench, todo: dict[str, Measure], reps: int) -> dict[str, list[dic
                     f"{value.n} {value.unit} in {value.seconds:.2f}s, {value.rows} result rows, "
                     f"peak {sample['peak_mib']:.0f} MiB/process"
                 )
+                if value.cpu is not None:
+                    per_item = value.cpu.per_item_us(value.n)
+                    sample |= {f"cpu_us:{group}": us for group, us in per_item.items()}
+                    sample["machine_busy"] = value.cpu.machine_busy
+                    detail += "; CPU us per item: " + ", ".join(
+                        f"{group} {us:,.0f}" for group, us in per_item.items()
+                    )
+                    detail += f"; cores {value.cpu.machine_busy:.0%} busy"
             elif isinstance(value, Flow):
                 sample = {
                     "value": value.rate,
@@ -305,11 +314,24 @@ def table(samples: dict[str, list[dict[str, float]]]) -> tuple[list[str], bool]:
             f"| {fig.name} | {fleet:,.1f} {fig.unit} | {fig.baseline} | {base:,.1f} {fig.unit} | "
             f"{ratio:.2f}x | {target} | {verdict} |"
         )
-    lines += ["", "| drain measurement | tasks/s | peak RSS per worker process |", "| --- | ---: | ---: |"]
+    lines += [
+        "",
+        "| drain measurement | tasks/s | peak RSS per worker process | "
+        + " | ".join(f"CPU us/item: {group}" for group in GROUPS)
+        + " | cores busy |",
+        "| --- | ---: | ---: |" + " ---: |" * (len(GROUPS) + 1),
+    ]
     for name, runs in samples.items():
         peak = median(runs, "peak_mib")
-        if peak is not None:
-            lines.append(f"| {name} | {median(runs):,.0f} | {peak:,.0f} MiB |")
+        if peak is None:
+            continue
+        cpu = [median(runs, f"cpu_us:{group}") for group in GROUPS]
+        busy = median(runs, "machine_busy")
+        lines.append(
+            f"| {name} | {median(runs):,.0f} | {peak:,.0f} MiB | "
+            + " | ".join("-" if us is None else f"{us:,.0f}" for us in cpu)
+            + f" | {'-' if busy is None else f'{busy:.0%}'} |"
+        )
     if BOOKING_FLOW in samples:
         runs = samples[BOOKING_FLOW]
         lines += [

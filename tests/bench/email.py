@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.bench.cpu import cpu_use, snapshot
 from tests.bench.harness import ROOT, Bench, Drain, peak_rss_kib, read_stamp, wait_for, worker
 from tests.smtp_server import free_port
 
@@ -69,8 +70,10 @@ def measure_email(bench: Bench, argv: list[str], n: int, *, table: str, **env: s
         smtp_env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port), **env}
         with worker(bench, argv, ready, **smtp_env) as proc:
             started = read_stamp(wait_for(lambda: ready.exists() and ready, 120, "worker ready"))
+            before = snapshot()
             wait_for(lambda: _accepted(stats)[0] >= n, 900, f"{n} emails at the SMTP server", 0.05)
             finished = _accepted(stats)[1]
+            used = cpu_use(before, snapshot(), proc.pid)
             peak = max(peak_rss_kib(proc.pid).values(), default=0)
             # results are written right after each send: wait for the last ones
             rows = wait_for(
@@ -79,4 +82,4 @@ def measure_email(bench: Bench, argv: list[str], n: int, *, table: str, **env: s
     finally:
         server.terminate()
         server.wait(30)
-    return Drain(n=n, seconds=finished - started, rows=rows, peak_rss_kib=peak, unit="emails")
+    return Drain(n=n, seconds=finished - started, rows=rows, peak_rss_kib=peak, unit="emails", cpu=used)

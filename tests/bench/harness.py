@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, text
 from app.settings import sqlalchemy_url
 from routing import declare_topology
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
+from tests.bench.cpu import CpuUse, cpu_use, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -177,6 +178,8 @@ class Drain:
     peak_rss_kib: int
     #: What was drained: ``tasks`` (plus a sentinel) or ``emails`` (accepted by the SMTP server).
     unit: str = "tasks"
+    #: CPU used from the worker's ready stamp to the end of the drain.
+    cpu: CpuUse | None = None
 
     @property
     def rate(self) -> float:
@@ -203,7 +206,9 @@ def measure_drain(
         env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     with worker(bench, argv, ready, **env) as proc:
         started = read_stamp(wait_for(lambda: ready.exists() and ready, 120, "worker ready"))
+        before = snapshot()
         finished = read_stamp(wait_for(lambda: done.exists() and done, 900, "the sentinel task", 0.02))
+        used = cpu_use(before, snapshot(), proc.pid)
         peak = max(peak_rss_kib(proc.pid).values(), default=0)
     rows = bench.result_rows(table)
-    return Drain(n=n, seconds=finished - started, rows=rows, peak_rss_kib=peak)
+    return Drain(n=n, seconds=finished - started, rows=rows, peak_rss_kib=peak, cpu=used)

@@ -56,9 +56,15 @@ def test_bench_runs_every_figure_and_prints_the_table(broker: Connection, databa
     # every drain stored one result row per task and the sentinel; the ignored run only the sentinel
     drains = re.findall(r"\] (.+?) +[\d,.]+ +(\d+) tasks in [\d.]+s, (\d+) result rows", done.stderr)
     assert len(drains) == 7, done.stderr
-    for name, tasks, rows in drains:
+    for name, tasks, stored in drains:
         expected = 1 if "ignored" in name else int(tasks) + 1
-        assert int(rows) == expected, name
+        assert int(stored) == expected, name
+    # each drain says where its CPU went and how busy the cores were, in the log and the table
+    assert len(re.findall(r"; CPU us per item: worker main [\d,]+, worker children [\d,]+", done.stderr)) == 9
+    cpu_rows = [
+        row for row in rows if re.fullmatch(r"\| .+ \| [\d,]+ \| [\d,]+ MiB( \| [\d,]+){4} \| \d+% \|", row)
+    ]
+    assert len(cpu_rows) == 9, done.stdout
     # the booking flow booked, charged and queued an email for every booking (the harness checks), and says so
     assert re.search(
         r"\] fleet booking flow +[\d,.]+ +20 bookings in [\d.]+s, [\d.]+ ms in PostgreSQL", done.stderr

@@ -1,0 +1,96 @@
+"""Where a drain's CPU went: the worker's main process, its children, RabbitMQ, PostgreSQL.
+
+Read from ``/proc`` at the start and end of the measured phase, as the
+reference measurements do. It tells a CPU-bound drain (the machine's cores
+near full) from a latency-bound one (cores idle while one message at a time
+waits on a round trip), which is what decides whether making a step cheaper
+makes the drain faster.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Clock ticks per second of ``/proc/<pid>/stat`` CPU times.
+HZ = os.sysconf("SC_CLK_TCK")
+#: Groups reported, in table order (pid tree roots or process names).
+GROUPS = ("worker main", "worker children", "RabbitMQ", "PostgreSQL")
+_NAMES = {"beam.smp": "RabbitMQ", "postgres": "PostgreSQL"}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """CPU ticks used so far, by pid (with each pid's parent), and the machine's busy/total ticks."""
+
+    ticks: dict[int, tuple[str, int, int]]
+    busy: int
+    total: int
+
+
+def snapshot() -> Snapshot:
+    """Read every process's user+system ticks and the machine totals."""
+    ticks: dict[int, tuple[str, int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # exited while we looked
+            continue
+        # The name is in parentheses and may itself contain spaces or parentheses.
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks[int(entry)] = (name, int(fields[1]), int(fields[11]) + int(fields[12]))
+    cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = cpu[3] + cpu[4]  # idle + iowait
+    return Snapshot(ticks, sum(cpu) - idle, sum(cpu))
+
+
+def descendants(ticks: dict[int, tuple[str, int, int]], root: int) -> set[int]:
+    """Every pid below ``root`` in the process tree."""
+    below: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, (_, parent, _) in ticks.items() if parent in frontier} - below
+        below |= frontier
+    return below
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU used during a measured phase."""
+
+    #: CPU seconds per group (``GROUPS``).
+    seconds: dict[str, float]
+    #: Share of all the machine's cores that were busy, 0..1.
+    machine_busy: float
+
+    def per_item_us(self, n: int) -> dict[str, float]:
+        """Microseconds of CPU per item (task, email) by group."""
+        return {group: seconds / n * 1e6 for group, seconds in self.seconds.items()}
+
+
+def cpu_use(before: Snapshot, after: Snapshot, worker_pid: int) -> CpuUse:
+    """Attribute the ticks between two snapshots to ``GROUPS``; a process started in between counts in full.
+
+    The worker's children are found in ``after``, so a prefork child recycled
+    during the phase counts only if still alive: the figure is a floor.
+    """
+    children = descendants(after.ticks, worker_pid)
+    seconds = dict.fromkeys(GROUPS, 0.0)
+    for pid, (name, _, ticks) in after.ticks.items():
+        if pid == worker_pid:
+            group: str | None = "worker main"
+        elif pid in children:
+            group = "worker children"
+        else:
+            group = _NAMES.get(name)
+        if group is None:
+            continue
+        earlier = before.ticks.get(pid)
+        used = ticks - (earlier[2] if earlier and earlier[0] == name else 0)
+        seconds[group] += max(used, 0) / HZ
+    total = after.total - before.total
+    return CpuUse(seconds, (after.busy - before.busy) / total if total else 0.0)
