@@ -10,8 +10,11 @@ makes the drain faster.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.processes import descendants
 
 #: Clock ticks per second of ``/proc/<pid>/stat`` CPU times.
 HZ = os.sysconf("SC_CLK_TCK")
@@ -22,16 +25,16 @@ _NAMES = {"beam.smp": "RabbitMQ", "postgres": "PostgreSQL"}
 
 @dataclass(frozen=True)
 class Snapshot:
-    """CPU ticks used so far, by pid (with each pid's parent), and the machine's busy/total ticks."""
+    """CPU ticks used so far, by pid (with the process's name), and the machine's busy/total ticks."""
 
-    ticks: dict[int, tuple[str, int, int]]
+    ticks: dict[int, tuple[str, int]]
     busy: int
     total: int
 
 
 def snapshot() -> Snapshot:
     """Read every process's user+system ticks and the machine totals."""
-    ticks: dict[int, tuple[str, int, int]] = {}
+    ticks: dict[int, tuple[str, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -42,20 +45,10 @@ def snapshot() -> Snapshot:
         # The name is in parentheses and may itself contain spaces or parentheses.
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        ticks[int(entry)] = (name, int(fields[1]), int(fields[11]) + int(fields[12]))
+        ticks[int(entry)] = (name, int(fields[11]) + int(fields[12]))
     cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = cpu[3] + cpu[4]  # idle + iowait
     return Snapshot(ticks, sum(cpu) - idle, sum(cpu))
-
-
-def descendants(ticks: dict[int, tuple[str, int, int]], root: int) -> set[int]:
-    """Every pid below ``root`` in the process tree."""
-    below: set[int] = set()
-    frontier = {root}
-    while frontier:
-        frontier = {pid for pid, (_, parent, _) in ticks.items() if parent in frontier} - below
-        below |= frontier
-    return below
 
 
 @dataclass(frozen=True)
@@ -72,15 +65,14 @@ class CpuUse:
         return {group: seconds / n * 1e6 for group, seconds in self.seconds.items()}
 
 
-def cpu_use(before: Snapshot, after: Snapshot, worker_pid: int) -> CpuUse:
+def cpu_use(before: Snapshot, after: Snapshot, worker_pid: int, children: Collection[int]) -> CpuUse:
     """Attribute the ticks between two snapshots to ``GROUPS``; a process started in between counts in full.
 
-    The worker's children are found in ``after``, so a prefork child recycled
-    during the phase counts only if still alive: the figure is a floor.
+    ``children`` are the worker's descendants when ``after`` was taken, so a
+    prefork child recycled during the phase is not counted: the figure is a floor.
     """
-    children = descendants(after.ticks, worker_pid)
     seconds = dict.fromkeys(GROUPS, 0.0)
-    for pid, (name, _, ticks) in after.ticks.items():
+    for pid, (name, ticks) in after.ticks.items():
         if pid == worker_pid:
             group: str | None = "worker main"
         elif pid in children:
@@ -90,7 +82,12 @@ def cpu_use(before: Snapshot, after: Snapshot, worker_pid: int) -> CpuUse:
         if group is None:
             continue
         earlier = before.ticks.get(pid)
-        used = ticks - (earlier[2] if earlier and earlier[0] == name else 0)
+        used = ticks - (earlier[1] if earlier and earlier[0] == name else 0)
         seconds[group] += max(used, 0) / HZ
     total = after.total - before.total
     return CpuUse(seconds, (after.busy - before.busy) / total if total else 0.0)
+
+
+def cpu_since(before: Snapshot, worker_pid: int) -> CpuUse:
+    """The CPU used since ``before``, the worker's process tree read now."""
+    return cpu_use(before, snapshot(), worker_pid, set(descendants(worker_pid)))

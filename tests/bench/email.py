@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.bench.cpu import cpu_use, snapshot
+from tests.bench.cpu import cpu_since, snapshot
 from tests.bench.harness import ROOT, Bench, Drain, peak_rss_kib, read_stamp, wait_for, worker
 from tests.smtp_server import free_port
 
@@ -73,7 +73,7 @@ def measure_email(bench: Bench, argv: list[str], n: int, *, table: str, **env: s
             before = snapshot()
             wait_for(lambda: _accepted(stats)[0] >= n, 900, f"{n} emails at the SMTP server", 0.05)
             finished = _accepted(stats)[1]
-            used = cpu_use(before, snapshot(), proc.pid)
+            used = cpu_since(before, proc.pid)
             peak = max(peak_rss_kib(proc.pid).values(), default=0)
             # results are written right after each send: wait for the last ones
             rows = wait_for(

@@ -20,7 +20,8 @@ from sqlalchemy import create_engine, text
 from app.settings import sqlalchemy_url
 from routing import declare_topology
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
-from tests.bench.cpu import CpuUse, cpu_use, snapshot
+from tests.bench.cpu import CpuUse, cpu_since, snapshot
+from tests.processes import descendants
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,20 +127,16 @@ def fill_queue(bench: Bench, n: int, queue: str, sentinel: Path, ignore_result: 
 
 
 def peak_rss_kib(pid: int) -> dict[int, int]:
-    """VmHWM (peak resident set, KiB) of ``pid`` and its children, by pid."""
+    """VmHWM (peak resident set, KiB) of ``pid`` and its descendants, by pid."""
     peaks: dict[int, int] = {}
-    todo = [pid]
-    while todo:
-        current = todo.pop()
+    for current in (pid, *descendants(pid)):
         try:
             status = Path(f"/proc/{current}/status").read_text()
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except OSError:
             continue
         for line in status.splitlines():
             if line.startswith("VmHWM:"):
                 peaks[current] = int(line.split()[1])
-        todo.extend(int(c) for c in children)
     return peaks
 
 
@@ -208,7 +205,7 @@ def measure_drain(
         started = read_stamp(wait_for(lambda: ready.exists() and ready, 120, "worker ready"))
         before = snapshot()
         finished = read_stamp(wait_for(lambda: done.exists() and done, 900, "the sentinel task", 0.02))
-        used = cpu_use(before, snapshot(), proc.pid)
+        used = cpu_since(before, proc.pid)
         peak = max(peak_rss_kib(proc.pid).values(), default=0)
     rows = bench.result_rows(table)
     return Drain(n=n, seconds=finished - started, rows=rows, peak_rss_kib=peak, cpu=used)

@@ -42,8 +42,9 @@ from app.settings import sqlalchemy_url
 from routing import declare_topology, names
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
 from tests.chaos import faults
-from tests.chaos.services import PostgresCluster, RabbitNode, descendants, pid_alive, wait_for
+from tests.chaos.services import PostgresCluster, RabbitNode, pid_alive, wait_for
 from tests.chaos.smtp import FaultySmtp
+from tests.processes import descendants
 from tests.worker_process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
+from tests.processes import children as direct_children
+
 #: Where Debian keeps RabbitMQ's own scripts (the /usr/sbin wrappers switch to the rabbitmq user).
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 
@@ -274,7 +276,7 @@ class PostgresCluster:
     def crash(self) -> None:
         """SIGKILL the postmaster and its backends (as a host crash would), then start it (WAL recovery)."""
         pid = self.pid
-        children = _children(pid)
+        children = direct_children(pid)
         os.kill(pid, signal.SIGKILL)
         for child in children:
             with suppress(ProcessLookupError):
@@ -292,25 +294,3 @@ class PostgresCluster:
         self._run(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False
         )
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (from /proc)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(child) for child in (task / "children").read_text().split()]
-        except FileNotFoundError:
-            continue
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    """Every descendant of ``pid``, children first."""
-    result: list[int] = []
-    pending = [pid]
-    while pending:
-        kids = _children(pending.pop())
-        result += kids
-        pending += kids
-    return result

@@ -46,6 +46,7 @@ from tests.integration.booking_helpers import (
 )
 from tests.integration.conftest import WorkerProcess, queue_depth, wait_until
 from tests.payment_provider import Ledger
+from tests.processes import descendants
 
 CONFIRMATION = "app.tasks.email_tasks.send_booking_confirmation"
 CANCELLATION = "app.tasks.email_tasks.send_booking_cancellation"
@@ -309,7 +310,7 @@ def test_worker_killed_after_the_charge_redelivers_and_charges_once(
         "AND state = 'idle in transaction' AND application_name LIKE 'magnetiq-%'",
     )[0]
     child = int(application.removeprefix("magnetiq-"))
-    assert any(child in _children(w.proc.pid) for w in workers), "the transaction belongs to a test worker"
+    assert any(child in descendants(w.proc.pid) for w in workers), "the transaction belongs to a test worker"
     os.kill(child, signal.SIGKILL)
     release.set()
 
@@ -319,20 +320,6 @@ def test_worker_killed_after_the_charge_redelivers_and_charges_once(
     assert ledger.requests == 2
     assert scalar(database, "SELECT provider_reference FROM payments") == next(iter(ledger.charges))
     assert [e.task for e in _emails(broker, 1)] == [CONFIRMATION]
-
-
-def _children(pid: int) -> set[int]:
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            kids = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
-        found.update(int(k) for k in kids)
-        todo.extend(int(k) for k in kids)
-    return found
 
 
 def test_cancel_refunds_once_and_mails_once(

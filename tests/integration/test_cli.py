@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from sqlalchemy import create_engine, make_url, text
 from app.tasks.email_tasks import send_welcome_email
 from routing import names
 from tests.integration.conftest import ROOT, free_port, queue_depth, wait_until, worker_env
+from tests.processes import descendants
 
 
 def magnetiq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -84,24 +84,6 @@ def test_db_upgrade_creates_a_missing_database(database: Any) -> None:
         admin.dispose()
 
 
-def _descendants(pid: int) -> set[int]:
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            parents.setdefault(ppid, []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -136,7 +118,7 @@ def test_run_brings_up_the_fleet_and_stops_it_cleanly(
         content = mail[0].read_text()
         assert "To: grace@example.com" in content
         assert "Hello Grace," in content
-        children = _descendants(runner.pid)
+        children = set(descendants(runner.pid))
         assert len(children) >= 5  # sink, three workers, beat (and prefork children)
     finally:
         # when it gets Ctrl-C
