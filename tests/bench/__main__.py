@@ -27,6 +27,7 @@ from tests.bench.email import SMTP_DELAY, measure_email
 from tests.bench.harness import Bench, Drain, measure_drain
 from tests.bench.latency import measure_latency
 from tests.bench.publish import measure_publish
+from tests.bench.store import measure_store
 from workers.profiles import BOOKING, EMAIL
 
 FLEET = "tests.bench.fleet_app"
@@ -44,6 +45,7 @@ SIZES = {
         "publish": 20000,
         "latency": 1000,
         "booking_flow": 2000,
+        "store": 5000,
         "email": 3000,
         "email_plain": 300,
     },
@@ -56,6 +58,7 @@ SIZES = {
         "publish": 200,
         "latency": 20,
         "booking_flow": 20,
+        "store": 20,
         "email": 40,
         "email_plain": 10,
     },
@@ -162,6 +165,9 @@ def measurements(size: dict[str, int]) -> dict[str, Measure]:
         BOOKING_FLOW: lambda b: measure_booking_flow(
             b, fleet_booking, size["booking_flow"], BOOKING.effective_concurrency
         ),
+        "fleet result store": lambda b: measure_store(b, "fleet", size["store"]),
+        "raw psycopg2 upsert": lambda b: measure_store(b, "raw", size["store"]),
+        "raw psycopg2 upsert, async commit": lambda b: measure_store(b, "raw-async", size["store"]),
     }
 
 
@@ -233,6 +239,21 @@ FIGURES = (
         "fleet booking, results, metrics on",
         "fleet booking, results, metrics off",
         0.97,
+    ),
+    # Where a stored result's time goes: the backend's own overhead, then the WAL flush.
+    Figure(
+        "result store, one process, one commit per result",
+        "fleet result store",
+        "raw psycopg2 upsert",
+        None,
+        unit="results/s",
+    ),
+    Figure(
+        "result store, one process, one commit per result",
+        "fleet result store",
+        "raw psycopg2 upsert, async commit",
+        None,
+        unit="results/s",
     ),
 )
 

@@ -1,0 +1,108 @@
+"""Result-store floor: the fleet's backend against a bare psycopg2 upsert, one process.
+
+Each variant writes ``n`` fresh SUCCESS rows into ``task_results`` with the
+statement the backend prepares, one row and one commit per result, from one
+process (``python -m tests.bench.store VARIANT N`` prints results/s):
+
+- ``fleet``: ``PostgresBackend.mark_as_done``, as a worker child stores a result;
+- ``raw``: ``EXECUTE`` of the same prepared upsert on one psycopg2 connection;
+- ``raw-async``: the same with ``synchronous_commit = off``, which shows what the
+  commit's WAL flush costs (the fleet never runs so by default).
+
+The gap between ``fleet`` and ``raw`` is the backend's own overhead; the gap
+between ``raw`` and ``raw-async`` is the disk's.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from tests.bench.harness import ROOT, Bench
+
+VARIANTS = ("fleet", "raw", "raw-async")
+#: Untimed writes first: connection set-up and statement preparation.
+WARMUP = 50
+
+
+def _fleet_writer() -> Callable[[int], None]:
+    from celery.app.task import Context
+
+    from app.celery_app import celery_app
+
+    backend = celery_app.backend
+    request = Context(task="bench.noop", children=[], delivery_info={})
+
+    def write(i: int) -> None:
+        request.id = str(uuid.uuid4())
+        backend.mark_as_done(request.id, i, request=request)
+
+    return write
+
+
+def _raw_writer(synchronous_commit: bool) -> Callable[[int], None]:
+    import psycopg2
+    from kombu.utils.json import dumps
+    from sqlalchemy import make_url
+
+    from app.result_backend import _PREPARE, _UPSERT
+    from app.settings import get_settings, sqlalchemy_url
+
+    url = make_url(sqlalchemy_url(get_settings().result_backend_url))
+    connection = psycopg2.connect(
+        host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database
+    )
+    connection.autocommit = True
+    cursor = connection.cursor()
+    cursor.execute("SET synchronous_commit = " + ("on" if synchronous_commit else "off"))
+    cursor.execute(_PREPARE["magnetiq_store_result"])
+
+    def write(i: int) -> None:
+        cursor.execute(
+            _UPSERT, (str(uuid.uuid4()), "SUCCESS", "bench.noop", dumps(i), None, None, datetime.now(UTC))
+        )
+
+    return write
+
+
+def rate(variant: str, n: int) -> float:
+    """Results stored per second by ``variant`` in this process."""
+    write = _fleet_writer() if variant == "fleet" else _raw_writer(variant == "raw")
+    for i in range(WARMUP):
+        write(i)
+    started = time.perf_counter()
+    for i in range(n):
+        write(i)
+    return n / (time.perf_counter() - started)
+
+
+def measure_store(bench: Bench, variant: str, n: int) -> float:
+    """Run one variant in a fresh process on the bench database; return results/s.
+
+    Raises:
+        RuntimeError: the variant did not leave one row per write.
+    """
+    bench.reset()
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.bench.store", variant, str(n)],
+        cwd=ROOT,
+        env=bench.env(),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    rows = bench.result_rows("task_results")
+    if rows != WARMUP + n:
+        raise RuntimeError(f"bench: {variant} result store left {rows} rows for {WARMUP + n} writes")
+    return float(out.stdout.split()[-1])
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] not in VARIANTS:
+        sys.exit(f"usage: python -m tests.bench.store {{{','.join(VARIANTS)}}} N")
+    print(f"{rate(sys.argv[1], int(sys.argv[2])):.1f}")
