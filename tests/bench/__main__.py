@@ -22,7 +22,7 @@ from pathlib import Path
 
 from app.migrate import upgrade
 from tests.bench.booking_flow import Flow, measure_booking_flow
-from tests.bench.cpu import GROUPS
+from tests.bench.cpu import GROUPS, loop_ms
 from tests.bench.email import SMTP_DELAY, measure_email
 from tests.bench.harness import Bench, Drain, measure_drain
 from tests.bench.latency import measure_latency
@@ -263,6 +263,7 @@ def run(bench: Bench, todo: dict[str, Measure], reps: int) -> dict[str, list[dic
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in todo}
     for rep in range(1, reps + 1):
         for name, measure in todo.items():
+            speed = loop_ms()
             started = time.monotonic()
             value = measure(bench)
             if isinstance(value, Drain):
@@ -298,10 +299,11 @@ def run(bench: Bench, todo: dict[str, Measure], reps: int) -> dict[str, list[dic
             else:
                 sample = {"value": float(value)}
                 detail = ""
+            sample["loop_ms"] = speed
             samples[name].append(sample)
             bench.log(
                 f"[{rep}/{reps}] {name:<38} {sample['value']:>10,.2f}  {detail} "
-                f"({time.monotonic() - started:.0f}s)"
+                f"({time.monotonic() - started:.0f}s; CPU loop before it {speed:.0f} ms)"
             )
     return samples
 
@@ -310,6 +312,29 @@ def median(samples: list[dict[str, float]], key: str = "value") -> float | None:
     """Median of one field over the repetitions, or None when absent."""
     values = [s[key] for s in samples if key in s]
     return statistics.median(values) if values else None
+
+
+#: Slowest over fastest CPU loop beyond which the run is flagged: the host changed speed.
+SPEED_SPREAD = 1.2
+
+
+def speed_lines(samples: dict[str, list[dict[str, float]]]) -> list[str]:
+    """How long the fixed CPU loop took before the measurements, and a warning when it moved."""
+    speeds = [sample["loop_ms"] for runs in samples.values() for sample in runs if "loop_ms" in sample]
+    if not speeds:
+        return []
+    fastest, slowest = min(speeds), max(speeds)
+    lines = [
+        "",
+        f"Machine speed: a fixed CPU loop took {fastest:.0f}-{slowest:.0f} ms before the measurements "
+        f"(median {statistics.median(speeds):.0f} ms).",
+    ]
+    if slowest > fastest * SPEED_SPREAD:
+        lines.append(
+            f"WARNING: the machine's speed changed by {slowest / fastest - 1:.0%} during the run, "
+            "so measurements taken at different speeds do not compare; run again when it is steady."
+        )
+    return lines
 
 
 def table(samples: dict[str, list[dict[str, float]]]) -> tuple[list[str], bool]:
@@ -335,6 +360,7 @@ def table(samples: dict[str, list[dict[str, float]]]) -> tuple[list[str], bool]:
             f"| {fig.name} | {fleet:,.1f} {fig.unit} | {fig.baseline} | {base:,.1f} {fig.unit} | "
             f"{ratio:.2f}x | {target} | {verdict} |"
         )
+    lines += speed_lines(samples)
     lines += [
         "",
         "| drain measurement | tasks/s | peak RSS per worker process | "

@@ -10,6 +10,7 @@ makes the drain faster.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,3 +92,24 @@ def cpu_use(before: Snapshot, after: Snapshot, worker_pid: int, children: Collec
 def cpu_since(before: Snapshot, worker_pid: int) -> CpuUse:
     """The CPU used since ``before``, the worker's process tree read now."""
     return cpu_use(before, snapshot(), worker_pid, set(descendants(worker_pid)))
+
+
+#: Iterations of the fixed loop ``loop_ms`` times (about 20-40 ms on this machine's cores).
+SPEED_LOOP = 1_000_000
+
+
+def loop_ms(tries: int = 3) -> float:
+    """Milliseconds one core takes for a fixed pure-Python loop: the best of ``tries``.
+
+    A shared host's cores do not always run at the same speed. Taken before every
+    measurement, it shows when the machine itself got slower or faster during a
+    run, which moves every rate measured then, fleet and baseline alike.
+    """
+    best = float("inf")
+    for _ in range(tries):
+        started = time.perf_counter()
+        total = 0
+        for i in range(SPEED_LOOP):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return best * 1e3

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from kombu import Connection
 
-from tests.bench.__main__ import FIGURES
+from tests.bench.__main__ import FIGURES, SIZES, measurements
 from tests.conftest import TEST_BROKER_URL, TEST_DATABASE_URL
 from tests.integration.conftest import ROOT, worker_env
 
@@ -53,6 +53,10 @@ def test_bench_runs_every_figure_and_prints_the_table(broker: Connection, databa
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     for figure in FIGURES:
         assert any(row.startswith(f"| {figure.name} |") and figure.baseline in row for row in rows), figure
+    # the machine's speed before every measurement, summed up under the table
+    probes = re.findall(r"^\[1/1\] .+; CPU loop before it \d+ ms\)$", done.stderr, re.M)
+    assert len(probes) == len(measurements(SIZES["quick"])), done.stderr
+    assert re.search(r"^Machine speed: a fixed CPU loop took \d+-\d+ ms", done.stdout, re.M), done.stdout
     # every drain stored one result row per task and the sentinel; the ignored run only the sentinel
     drains = re.findall(r"\] (.+?) +[\d,.]+ +(\d+) tasks in [\d.]+s, (\d+) result rows", done.stderr)
     assert len(drains) == 7, done.stderr

@@ -1,0 +1,30 @@
+"""The bench's machine-speed probe and the warning it raises when the host changes speed mid-run."""
+
+from __future__ import annotations
+
+from tests.bench.__main__ import speed_lines
+from tests.bench.cpu import loop_ms
+
+
+def samples(*speeds: float) -> dict[str, list[dict[str, float]]]:
+    return {"fleet": [{"value": 1.0, "loop_ms": s} for s in speeds], "plain": [{"value": 2.0}]}
+
+
+def test_loop_ms_times_real_work_in_milliseconds() -> None:
+    # a million interpreted additions take well over a millisecond and well under five seconds
+    assert 1 < loop_ms(tries=1) < 5000
+
+
+def test_a_steady_machine_gets_the_range_and_no_warning() -> None:
+    lines = speed_lines(samples(36, 40, 38))
+    assert lines[1] == "Machine speed: a fixed CPU loop took 36-40 ms before the measurements (median 38 ms)."
+    assert not any(line.startswith("WARNING") for line in lines)
+
+
+def test_a_machine_that_changed_speed_is_flagged_with_how_much() -> None:
+    lines = speed_lines(samples(36, 70))
+    assert lines[-1].startswith("WARNING: the machine's speed changed by 94% during the run")
+
+
+def test_no_probe_no_lines() -> None:
+    assert speed_lines({"plain": [{"value": 2.0}]}) == []
