@@ -15,13 +15,19 @@ between ``raw`` and ``raw-async`` is the disk's.
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
+import psycopg2
+from sqlalchemy import make_url
+
+from app.settings import sqlalchemy_url
 from tests.bench.harness import ROOT, Bench
 
 VARIANTS = ("fleet", "raw", "raw-async")
@@ -44,19 +50,23 @@ def _fleet_writer() -> Callable[[int], None]:
     return write
 
 
-def _raw_writer(synchronous_commit: bool) -> Callable[[int], None]:
-    import psycopg2
-    from kombu.utils.json import dumps
-    from sqlalchemy import make_url
-
-    from app.result_backend import _PREPARE, _UPSERT
-    from app.settings import get_settings, sqlalchemy_url
-
-    url = make_url(sqlalchemy_url(get_settings().result_backend_url))
+def _connect(database_url: str) -> Any:
+    """A bare psycopg2 connection in autocommit mode: one statement, one round trip, one commit."""
+    url = make_url(sqlalchemy_url(database_url))
     connection = psycopg2.connect(
         host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database
     )
     connection.autocommit = True
+    return connection
+
+
+def _raw_writer(synchronous_commit: bool) -> Callable[[int], None]:
+    from kombu.utils.json import dumps
+
+    from app.result_backend import _PREPARE, _UPSERT
+    from app.settings import get_settings
+
+    connection = _connect(get_settings().result_backend_url)
     cursor = connection.cursor()
     cursor.execute("SET synchronous_commit = " + ("on" if synchronous_commit else "off"))
     cursor.execute(_PREPARE["magnetiq_store_result"])
@@ -78,6 +88,34 @@ def rate(variant: str, n: int) -> float:
     for i in range(n):
         write(i)
     return n / (time.perf_counter() - started)
+
+
+#: A one-row table on the bench database that ``commit_us`` updates.
+PROBE_TABLE = "bench_commit_probe"
+
+
+def commit_us(bench: Bench, n: int = 25) -> float:
+    """Median microseconds of one durable commit on the bench database.
+
+    A one-row update with ``synchronous_commit = on``: a round trip plus the
+    WAL flush, the part of a stored result that depends on the disk. Taken
+    before every measurement, it shows when the disk, not the code, moved a
+    rate that stores results.
+    """
+    connection = _connect(bench.database_url)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f"CREATE TABLE IF NOT EXISTS {PROBE_TABLE} (id int PRIMARY KEY, n bigint)")
+            cursor.execute(f"INSERT INTO {PROBE_TABLE} VALUES (1, 0) ON CONFLICT (id) DO NOTHING")
+            cursor.execute("SET synchronous_commit = on")
+            times = []
+            for _ in range(n):
+                started = time.perf_counter()
+                cursor.execute(f"UPDATE {PROBE_TABLE} SET n = n + 1 WHERE id = 1")
+                times.append(time.perf_counter() - started)
+    finally:
+        connection.close()
+    return statistics.median(times) * 1e6
 
 
 def measure_store(bench: Bench, variant: str, n: int) -> float:

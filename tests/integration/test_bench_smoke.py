@@ -18,10 +18,12 @@ from tests.integration.conftest import ROOT, worker_env
 
 @pytest.fixture
 def plain_celery_tables(database: Any) -> Iterator[None]:
-    """Drop plain Celery's own result tables afterwards: they are not the fleet's schema."""
+    """Drop plain Celery's result tables and the commit probe's afterwards: not the fleet's schema."""
     yield
     with database.begin() as db:
-        db.exec_driver_sql("DROP TABLE IF EXISTS plain_celery_taskmeta, plain_celery_groupmeta")
+        db.exec_driver_sql(
+            "DROP TABLE IF EXISTS plain_celery_taskmeta, plain_celery_groupmeta, bench_commit_probe"
+        )
         db.exec_driver_sql("DROP SEQUENCE IF EXISTS task_id_sequence, taskset_id_sequence")
 
 
@@ -54,9 +56,12 @@ def test_bench_runs_every_figure_and_prints_the_table(broker: Connection, databa
     for figure in FIGURES:
         assert any(row.startswith(f"| {figure.name} |") and figure.baseline in row for row in rows), figure
     # the machine's speed before every measurement, summed up under the table
-    probes = re.findall(r"^\[1/1\] .+; CPU loop before it \d+ ms\)$", done.stderr, re.M)
+    probes = re.findall(
+        r"^\[1/1\] .+; before it: CPU loop \d+ ms, PostgreSQL commit [\d,]+ us\)$", done.stderr, re.M
+    )
     assert len(probes) == len(measurements(SIZES["quick"])), done.stderr
     assert re.search(r"^Machine speed: a fixed CPU loop took \d+-\d+ ms", done.stdout, re.M), done.stdout
+    assert re.search(r"^Disk: one durable PostgreSQL commit took [\d,]+-[\d,]+ us", done.stdout, re.M)
     # every drain stored one result row per task and the sentinel; the ignored run only the sentinel
     drains = re.findall(r"\] (.+?) +[\d,.]+ +(\d+) tasks in [\d.]+s, (\d+) result rows", done.stderr)
     assert len(drains) == 7, done.stderr
@@ -66,7 +71,9 @@ def test_bench_runs_every_figure_and_prints_the_table(broker: Connection, databa
     # each drain says where its CPU went and how busy the cores were, in the log and the table
     assert len(re.findall(r"; CPU us per item: worker main [\d,]+, worker children [\d,]+", done.stderr)) == 9
     cpu_rows = [
-        row for row in rows if re.fullmatch(r"\| .+ \| [\d,]+ \| [\d,]+ MiB( \| [\d,]+){4} \| \d+% \|", row)
+        row
+        for row in rows
+        if re.fullmatch(r"\| .+ \| [\d,]+ \| [\d,]+ MiB( \| [\d,]+){4} \| \d+% \| [\d,]+ us \|", row)
     ]
     assert len(cpu_rows) == 9, done.stdout
     # the booking flow booked, charged and queued an email for every booking (the harness checks), and says so

@@ -7,7 +7,8 @@ from tests.bench.cpu import loop_ms
 
 
 def samples(*speeds: float) -> dict[str, list[dict[str, float]]]:
-    return {"fleet": [{"value": 1.0, "loop_ms": s} for s in speeds], "plain": [{"value": 2.0}]}
+    runs = [{"value": 1.0, "loop_ms": s, "commit_us": 100.0 + 50 * i} for i, s in enumerate(speeds)]
+    return {"fleet": runs, "plain": [{"value": 2.0}]}
 
 
 def test_loop_ms_times_real_work_in_milliseconds() -> None:
@@ -15,9 +16,13 @@ def test_loop_ms_times_real_work_in_milliseconds() -> None:
     assert 1 < loop_ms(tries=1) < 5000
 
 
-def test_a_steady_machine_gets_the_range_and_no_warning() -> None:
-    lines = speed_lines(samples(36, 40, 38))
-    assert lines[1] == "Machine speed: a fixed CPU loop took 36-40 ms before the measurements (median 38 ms)."
+def test_a_steady_machine_gets_the_ranges_and_no_warning() -> None:
+    lines = speed_lines(samples(36, 50, 38))
+    assert lines[1] == "Machine speed: a fixed CPU loop took 36-50 ms before the measurements (median 38 ms)."
+    assert (
+        lines[2]
+        == "Disk: one durable PostgreSQL commit took 100-200 us before the measurements (median 150 us)."
+    )
     assert not any(line.startswith("WARNING") for line in lines)
 
 
