@@ -262,8 +262,9 @@ def warm_up(bench: Bench, n: int) -> None:
     """One unrecorded drain of the booking profile with results stored.
 
     The first drain of a run was the slowest of it here, whichever came first
-    (about 600 tasks/s against 900 later in the same run): the broker's queue,
-    the result table's files and the page cache all start cold.
+    (about 600 tasks/s against 900 later in the same run, three runs out of
+    three). Why is not settled: a cold broker queue, result table and page
+    cache are the candidates.
     """
     started = time.monotonic()
     drain = measure_drain(bench, fleet_argv("booking"), "booking", n, table="task_results")

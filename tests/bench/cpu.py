@@ -94,7 +94,7 @@ def cpu_since(before: Snapshot, worker_pid: int) -> CpuUse:
     return cpu_use(before, snapshot(), worker_pid, set(descendants(worker_pid)))
 
 
-#: Iterations of the fixed loop ``loop_ms`` times (about 20-40 ms on this machine's cores).
+#: Iterations of the fixed loop ``loop_ms`` times (about 35 ms on this machine's cores).
 SPEED_LOOP = 1_000_000
 
 
