@@ -58,7 +58,7 @@ def services() -> Iterator[tuple[RabbitNode, PostgresCluster]]:
             os.environ["PAYMENT_PROVIDER_URL"] = provider_url  # every worker of the session inherits it
             yield RABBIT, POSTGRES
     finally:
-        celery_app.close()  # the producer pool's connections
+        celery_app.pool.force_close_all()  # the connections publishing opened
         RABBIT.stop()
         POSTGRES.stop()
         shutil.rmtree(BASE, ignore_errors=True)

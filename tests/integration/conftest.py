@@ -71,7 +71,7 @@ def broker() -> Iterator[Connection]:
     declare_topology(connection)
     yield connection
     connection.release()
-    celery_app.close()  # the producer pool's connections
+    celery_app.pool.force_close_all()  # the connections publishing opened
 
 
 @pytest.fixture(scope="session")
