@@ -1,0 +1,73 @@
+"""Contract: the private Celery and py-amqp APIs the fleet relies on are still there, and pinned.
+
+Two places reach below the public API, because the bench shows they pay:
+``app/publisher.py`` (``enqueue_many`` hands py-amqp pre-serialised message
+properties and publishes with ``send_method``) and ``workers/consumer.py``
+(the green-pool loop's event drain). An upgrade that changes what they rely on
+must fail here, naming the API, before it fails in production.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+
+import amqp
+import pytest
+from amqp import method_framing
+from amqp.channel import Channel
+from celery.worker import loops
+from packaging.specifiers import SpecifierSet
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: Distributions whose private APIs the fleet uses, so each needs an upper bound.
+COUPLED = ("celery", "kombu", "amqp")
+
+
+def requirement(name: str) -> SpecifierSet:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    for line in project["dependencies"]:
+        match = re.fullmatch(rf"{name}\s*([<>=!~].*)", line)
+        if match:
+            return SpecifierSet(match.group(1))
+    raise AssertionError(f"{name} is not a dependency in pyproject.toml")
+
+
+@pytest.mark.parametrize("name", COUPLED)
+def test_coupled_distributions_have_an_upper_bound_the_installed_one_meets(name: str) -> None:
+    # given the requirement pyproject.toml declares
+    specifiers = requirement(name)
+    # then it bounds the version from above, and the installed version is inside it
+    assert any(spec.operator in {"<", "<="} for spec in specifiers), f"{name} needs an upper bound"
+    assert version(name) in specifiers, f"installed {name} {version(name)} is outside {specifiers}"
+
+
+def test_py_amqp_frame_writer_still_asks_the_message_for_its_properties() -> None:
+    # given py-amqp's frame writer, then it serialises properties through Message._serialize_properties
+    assert hasattr(amqp.Message, "_serialize_properties"), "amqp.Message._serialize_properties is gone"
+    assert "_serialize_properties" in inspect.getsource(method_framing.frame_writer), (
+        "amqp.method_framing.frame_writer no longer calls Message._serialize_properties: "
+        "app.publisher._Encoded would be ignored"
+    )
+
+
+def test_basic_publish_still_sends_the_argument_format_enqueue_many_hand_writes() -> None:
+    # given py-amqp's basic.publish, then its argument signature is the "Bssbb" app.publisher sends
+    signature = inspect.signature(Channel._basic_publish)
+    assert signature.parameters["argsig"].default == "Bssbb", (
+        "amqp.channel.Channel._basic_publish changed its argsig: app.publisher._stream sends 'Bssbb'"
+    )
+
+
+def test_green_pool_loop_still_drains_events_through_the_module_level_quick_drain() -> None:
+    # given Celery's synloop, then it calls loops._quick_drain(connection, timeout) by module lookup
+    assert hasattr(loops, "_quick_drain"), "celery.worker.loops._quick_drain is gone"
+    assert list(inspect.signature(loops._quick_drain).parameters) == ["connection", "timeout"], (
+        "celery.worker.loops._quick_drain changed its signature: workers.consumer replaces it"
+    )
+    assert "_quick_drain(" in inspect.getsource(loops.synloop), (
+        "celery.worker.loops.synloop no longer calls _quick_drain: workers.consumer's fix does nothing"
+    )
