@@ -32,8 +32,9 @@ class Ledger:
     unavailable: int = 0
     #: When set, the next charge is made, then its reply waits for this event (a reply lost in flight).
     hold_next_charge: threading.Event | None = None
-    #: Charges whose reply is being held.
+    #: Charges whose reply is being held, and the body of each, in order.
     held: int = 0
+    held_bodies: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handle(self, path: str, key: str | None, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -76,16 +77,18 @@ class Ledger:
             self.charges.clear()
             self.refunds.clear()
             self.requests = self.unavailable = self.held = 0
+            self.held_bodies.clear()
             self.declined.clear()
             self.hold_next_charge = None
 
-    def hold(self, path: str) -> threading.Event | None:
+    def hold(self, path: str, body: dict[str, Any]) -> threading.Event | None:
         """Take the pending hold if this is a charge (one request is held per ``hold_next_charge``)."""
         with self.lock:
             if path != "/charges" or self.hold_next_charge is None:
                 return None
             event, self.hold_next_charge = self.hold_next_charge, None
             self.held += 1
+            self.held_bodies.append(body)
             return event
 
     def write_statement(self, path: Path, extra: list[dict[str, Any]] | None = None) -> Path:
@@ -108,7 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
         status, reply = self.ledger.handle(self.path, self.headers.get("Idempotency-Key"), body)
-        held = self.ledger.hold(self.path)
+        held = self.ledger.hold(self.path, body)
         if held is not None:
             held.wait(60)
         data = json.dumps(reply).encode()

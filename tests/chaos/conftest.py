@@ -53,10 +53,7 @@ def services() -> Iterator[tuple[RabbitNode, PostgresCluster]]:
         pg_seconds = POSTGRES.start()
         rabbit_seconds = RABBIT.start()
         print(f"\nprivate PostgreSQL up in {pg_seconds:.1f}s, RabbitMQ in {rabbit_seconds:.1f}s")
-        # Payments charge a real HTTP provider (idempotency keys honoured), as in production.
-        with running_provider() as (provider_url, _):
-            os.environ["PAYMENT_PROVIDER_URL"] = provider_url  # every worker of the session inherits it
-            yield RABBIT, POSTGRES
+        yield RABBIT, POSTGRES
     finally:
         celery_app.pool.force_close_all()  # the connections publishing opened
         RABBIT.stop()
@@ -66,15 +63,22 @@ def services() -> Iterator[tuple[RabbitNode, PostgresCluster]]:
 
 @pytest.fixture
 def chaos(services: tuple[RabbitNode, PostgresCluster], tmp_path: Path) -> Iterator[Chaos]:
-    """A fresh case: empty queues and tables; its workers are stopped and its table kept afterwards."""
+    """A fresh case: empty queues and tables; its workers are stopped and its table kept afterwards.
+
+    Each case gets its own payment provider (a real HTTP server; idempotency keys
+    honoured, as in production): keys repeat across cases (``payment:1``...), so a
+    provider shared between them would answer later cases from its cache and
+    charge nothing.
+    """
     rabbit, postgres = services
-    harness = Chaos(rabbit, postgres, DATABASE, tmp_path)
-    harness.reset()
-    try:
-        yield harness
-    finally:
-        harness.close()
-        REPORTS.extend(harness.reports)
+    with running_provider() as provider:
+        harness = Chaos(rabbit, postgres, DATABASE, tmp_path, provider)
+        harness.reset()
+        try:
+            yield harness
+        finally:
+            harness.close()
+            REPORTS.extend(harness.reports)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

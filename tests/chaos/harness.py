@@ -3,12 +3,14 @@
 Every operation is one task the harness publishes (a payment to process, or a
 task that always crashes or raises). The producer side is recorded here (each
 publish attempt, whether the broker confirmed it, the error if not); the worker
-side is recorded in the private database: ``chaos_executions`` (a row each time
-a task starts, written by ``tests.chaos.faults``) and ``chaos_effects`` (a row
-each time a payment turns ``processed`` or a periodic slot's run starts, written
-by a trigger in the same transaction as the effect). After draining, each operation must end as a
-success (its effect present), a failure with a reason (a ``FAILURE`` result, or
-a publish the producer was told failed), or a dead-lettered message.
+side is recorded where each fault leaves it intact: every task start in an
+append-only file per worker process (``tests.chaos.faults``, read by
+``tests.chaos.ledger``), each time a payment turns ``processed`` or a periodic
+slot's run starts in ``chaos_effects`` (a trigger, in the same transaction as
+the effect), and every charge in the case's own payment provider. After
+draining, each operation must end as a success (its effect present, a payment
+charged), a failure with a reason (a ``FAILURE`` result, or a publish the
+producer was told failed), or a dead-lettered message.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +44,11 @@ from app.settings import sqlalchemy_url
 from routing import declare_topology, names
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
 from tests.chaos import faults
+from tests.chaos.ledger import Execution, charges_per_payment, payment_of, read_executions, store_executions
+from tests.chaos.report import Report, render
 from tests.chaos.services import PostgresCluster, RabbitNode, pid_alive, wait_for
 from tests.chaos.smtp import FaultySmtp
+from tests.payment_provider import Ledger
 from tests.processes import descendants
 from tests.worker_process import WorkerProcess
 
@@ -122,75 +127,24 @@ def recipient(op: int) -> str:
     return f"op-{op}@example.com"
 
 
-@dataclass
-class Report:
-    """The counts of one case; ``problems()`` lists every broken promise."""
+def outcome_of(
+    o: Operation, status: str | None, dead: bool, effects: Counter[int], charges: Counter[int | None]
+) -> str:
+    """How one operation ended: ``dlq``, ``success``, ``failure``, ``refused`` or ``lost``.
 
-    case: str
-    operations: int
-    succeeded: int
-    failed: int
-    dead_lettered: int
-    refused: int
-    lost: int
-    unexpected: int
-    duplicate_effects: int
-    duplicate_executions: int
-    not_as_expected: int
-    slowest_publish: float
-    #: Operations whose email the SMTP server accepted more than once under one Message-ID.
-    duplicate_deliveries: int = 0
-
-    @property
-    def accounted(self) -> int:
-        """Operations that ended as a success, a failure with a reason, or a DLQ entry."""
-        return self.succeeded + self.failed + self.dead_lettered + self.refused
-
-    def problems(self) -> list[str]:
-        """Every count that breaks the fleet's promises (empty when the case passed)."""
-        found = [
-            f"{name} = {value}"
-            for name, value in (
-                ("lost", self.lost),
-                ("unexpected", self.unexpected),
-                ("duplicate effects", self.duplicate_effects),
-                ("not as expected", self.not_as_expected),
-            )
-            if value
-        ]
-        if self.accounted != self.operations:
-            found.append(f"accounted {self.accounted} of {self.operations}")
-        return found
-
-
-COLUMNS = (
-    ("case", "case"), ("ops", "operations"), ("ok", "succeeded"), ("failed", "failed"),
-    ("dlq", "dead_lettered"), ("refused", "refused"), ("lost", "lost"), ("unexpected", "unexpected"),
-    ("dup effects", "duplicate_effects"), ("dup execs", "duplicate_executions"),
-    ("dup deliveries", "duplicate_deliveries"),
-    ("accounted", "accounted"), ("slowest publish", "slowest_publish"),
-)  # fmt: skip
-
-
-def render(reports: Iterable[Report]) -> str:
-    """The table of cases, one row each."""
-    rows = [[title for title, _ in COLUMNS]]
-    for report in reports:
-        row = []
-        for _, attribute in COLUMNS:
-            value = getattr(report, attribute)
-            if attribute == "accounted":
-                value = f"{100 * value / max(report.operations, 1):.0f} %"
-            elif attribute == "slowest_publish":
-                value = f"{value:.1f} s"
-            row.append(str(value))
-        rows.append(row)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = [
-        "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
-        for row in rows
-    ]
-    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+    A success needs its effect; a payment's also needs its charge (a payment
+    marked processed that the provider never charged is lost money).
+    """
+    if dead:
+        return "dlq"
+    charged = o.task_name != contracts.PROCESS_PAYMENT or charges[o.op] >= 1
+    if status == "SUCCESS" and (not o.has_effect or effects[o.op] >= 1) and charged:
+        return "success"
+    if status == "FAILURE":
+        return "failure"
+    if not o.confirmed and o.error and not effects[o.op]:
+        return "refused"
+    return "lost"
 
 
 class Worker(WorkerProcess):
@@ -239,11 +193,21 @@ def signal_pid(pid: int, signum: int) -> None:
 class Chaos:
     """One case's harness: servers, workers, the ledger, the producer, the drain and the counts."""
 
-    def __init__(self, rabbit: RabbitNode, postgres: PostgresCluster, database: str, tmp: Path) -> None:
+    def __init__(
+        self,
+        rabbit: RabbitNode,
+        postgres: PostgresCluster,
+        database: str,
+        tmp: Path,
+        provider: tuple[str, Ledger],
+    ) -> None:
         self.rabbit = rabbit
         self.postgres = postgres
         self.url = postgres.url(database)
         self.tmp = tmp
+        self.provider_url, self.provider = provider  # this case's own payment provider
+        self.executions_dir = tmp / "executions"  # the workers' execution files (tests.chaos.faults)
+        self.executions_dir.mkdir()
         self.workers: list[Worker] = []
         self.processes: list[subprocess.Popen[bytes]] = []  # relays and producers of this case
         self.reports: list[Report] = []
@@ -290,14 +254,17 @@ class Chaos:
 
     # -- workers -----------------------------------------------------------------------------------
 
-    def start_worker(self, role: str, *extra: str, delay: float = 0.0) -> Worker:
-        """Start a worker of ``role``; return it once it consumes its queue."""
+    def start_worker(self, role: str, *extra: str, delay: float = 0.0, **settings: str) -> Worker:
+        """Start a worker of ``role`` (``settings``: extra environment); return it once it consumes."""
         env = dict(os.environ)
         env.update(
             CHAOS_TASK_DELAY=str(delay),
+            CHAOS_EXECUTIONS_DIR=str(self.executions_dir),
+            PAYMENT_PROVIDER_URL=self.provider_url,
             HEALTH_DIR=str(self.tmp / "health"),
             METRICS_PORT="0",
             LOG_LEVEL="INFO",
+            **settings,
         )
         if self.smtp is not None:
             env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(self.smtp.port), SMTP_TIMEOUT="5")
@@ -363,25 +330,30 @@ class Chaos:
         except Exception:
             return 0
 
-    def busy_child(self, worker: Worker) -> int:
-        """The pool process of ``worker`` that started the latest task (it is mid-task while it sleeps)."""
-        children = set(descendants(worker.proc.pid))
+    def kill_mid_charge(self, worker: Worker, spared: set[int]) -> int:
+        """SIGKILL the pool process of ``worker`` that waits for the provider's reply to a charge.
 
-        def latest() -> int | None:
-            with self.engine.connect() as db:
-                pids = db.execute(text("SELECT pid FROM chaos_executions ORDER BY at DESC LIMIT 5")).scalars()
-                return next((pid for pid in pids if pid in children), None)
-
-        found: int | None = None
-
-        def find() -> bool:
-            nonlocal found
-            found = latest()
-            return found is not None
-
-        wait_for(find, 30, "a busy pool process")
-        assert found is not None
-        return found
+        The provider makes the next charge of a payment not in ``spared`` and
+        holds its reply, so the process that asked is certainly mid-task (the
+        money moved, the payment row not yet updated) when it is killed; the
+        reply is released only after the process is gone. Returns the payment.
+        """
+        while True:
+            release, held = threading.Event(), self.provider.held
+            self.provider.hold_next_charge = release
+            wait_for(lambda: self.provider.held > held, 60, "a charge to reach the provider")  # noqa: B023
+            op = payment_of(self.provider.held_bodies[-1])
+            if op is not None and op not in spared:
+                break
+            release.set()  # a repeat of a payment already killed: let it through, hold the next one
+        try:
+            pid = self.execution_log(op)[-1].pid  # the process that started the payment last asked
+            assert pid in descendants(worker.proc.pid), f"payment {op} runs in {pid}, not a pool process"
+            self.signal(pid, signal.SIGKILL)
+            wait_for(lambda: not pid_alive(pid), 30, f"pool process {pid} to die")
+        finally:
+            release.set()
+        return op
 
     # -- operations --------------------------------------------------------------------------------
 
@@ -404,13 +376,12 @@ class Chaos:
         return ops
 
     def executions(self) -> int:
-        """Task executions recorded so far (0 while the database is away)."""
-        try:
-            with self.engine.connect() as db:
-                return int(db.execute(text("SELECT count(*) FROM chaos_executions")).scalar_one())
-        except OperationalError:
-            self.engine.dispose()
-            return 0
+        """Task executions recorded so far (the files are there while the database is away too)."""
+        return len(read_executions(self.executions_dir))
+
+    def execution_log(self, op: int | None = None) -> list[Execution]:
+        """Every execution recorded so far (of operation ``op`` only, when given), oldest first."""
+        return [e for e in read_executions(self.executions_dir) if op is None or e.op == op]
 
     def published(self, operations: list[Operation]) -> int:
         """Operations the broker confirmed so far."""
@@ -550,38 +521,23 @@ class Chaos:
         self.collect_dead_letters()
 
     def count(self, case: str, operations: list[Operation], keep: bool = True) -> Report:
-        """Count the case from the ledger and return its report (kept for the table with ``keep``)."""
+        """Count the case from the ledgers and return its report (kept for the table with ``keep``)."""
         results = self.results()
+        executed = read_executions(self.executions_dir)
+        store_executions(self.engine, executed)  # for cases that join them with other tables
+        executions = Counter(e.op for e in executed)
         with self.engine.connect() as db:
             effects = Counter(db.execute(text("SELECT op FROM chaos_effects")).scalars())
-            executions = Counter(db.execute(text("SELECT op FROM chaos_executions")).scalars())
-        copies: Counter[int] = Counter()
-        if self.smtp is not None:
-            # An email's effect is a distinct Message-ID the SMTP server accepted (250): the
-            # at-least-once-with-a-dedup-key contract. Another copy under the same Message-ID
-            # is a duplicate delivery a receiver drops; a second Message-ID is a second email.
-            for (to, _), n in self.smtp.copies.items():
-                op = int(to.split("@")[0].removeprefix("op-"))
-                effects[op] += 1
-                copies[op] += n > 1
+        charges = charges_per_payment(self.provider)
+        copies = self._count_emails(effects)
         known = {o.op for o in operations}
         outcomes: Counter[str] = Counter()
-        lost = not_as_expected = 0
+        not_as_expected = 0
         for o in operations:
-            status = results.get(o.task_id)
-            if o.task_id in self.dead:
-                outcome = "dlq"
-            elif status == "SUCCESS" and (not o.has_effect or effects[o.op] >= 1):
-                outcome = "success"
-            elif status == "FAILURE":
-                outcome = "failure"
-            elif not o.confirmed and o.error and not effects[o.op]:
-                outcome = "refused"
-            else:
-                outcome = "lost"
+            outcome = outcome_of(o, results.get(o.task_id), o.task_id in self.dead, effects, charges)
             outcomes[outcome] += 1
-            lost += outcome == "lost"
             not_as_expected += outcome not in ("lost", o.expect)
+        twice = {op for op, n in effects.items() if n > 1} | {op for op, n in charges.items() if n > 1}
         report = Report(
             case=case,
             operations=len(operations),
@@ -589,18 +545,35 @@ class Chaos:
             failed=outcomes["failure"],
             dead_lettered=outcomes["dlq"],
             refused=outcomes["refused"],
-            lost=lost,
+            lost=outcomes["lost"],
             unexpected=sum(n for op, n in effects.items() if op not in known)
-            + sum(n for op, n in executions.items() if op is not None and op not in known),
-            duplicate_effects=sum(1 for n in effects.values() if n > 1),
+            + sum(n for op, n in executions.items() if op is not None and op not in known)
+            + sum(n for op, n in charges.items() if op not in known),  # a charge naming no payment too
+            duplicate_effects=len(twice),
             duplicate_executions=sum(1 for op, n in executions.items() if op in known and n > 1),
             not_as_expected=not_as_expected,
             slowest_publish=max((o.slowest for o in operations), default=0.0),
             duplicate_deliveries=sum(1 for n in copies.values() if n),
+            charges=charges.total(),
         )
         if keep:
             self.reports.append(report)
         return report
+
+    def _count_emails(self, effects: Counter[int]) -> Counter[int]:
+        """Add each email the SMTP server accepted to ``effects``; return the duplicate deliveries per op.
+
+        An email's effect is a distinct Message-ID the SMTP server accepted (250): the
+        at-least-once-with-a-dedup-key contract. Another copy under the same Message-ID
+        is a duplicate delivery a receiver drops; a second Message-ID is a second email.
+        """
+        copies: Counter[int] = Counter()
+        if self.smtp is not None:
+            for (to, _), n in self.smtp.copies.items():
+                op = int(to.split("@")[0].removeprefix("op-"))
+                effects[op] += 1
+                copies[op] += n > 1
+        return copies
 
     def run(
         self,

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from amqp import Message
 
-from workers.dead_letters import REPLAYS_HEADER, DeadLetter, ReplayError, dlq_name
+from app.maintenance.dead_letters import DeadLetter
+from workers.dead_letters import REPLAYS_HEADER, ReplayError, dlq_name, replay_message, replay_route
 
 PAYMENT = "app.tasks.booking_tasks.process_payment"
 
@@ -54,7 +55,7 @@ def test_reads_the_latest_death() -> None:
 
 
 def test_replay_keeps_body_properties_and_headers_without_the_death_record() -> None:
-    replay = dead().replay_message()
+    replay = replay_message(dead())
     headers = replay.properties["application_headers"]
     assert replay.body == b'[[], {"payment_id": 1}, {}]'
     assert headers == {"id": "t-1", "task": PAYMENT, "sent_at": 1.5, REPLAYS_HEADER: 1}
@@ -64,11 +65,11 @@ def test_replay_keeps_body_properties_and_headers_without_the_death_record() -> 
 
 
 def test_replays_are_counted() -> None:
-    assert dead(**{REPLAYS_HEADER: 2}).replay_message().properties["application_headers"][REPLAYS_HEADER] == 3
+    assert replay_message(dead(**{REPLAYS_HEADER: 2})).properties["application_headers"][REPLAYS_HEADER] == 3
 
 
 def test_route_is_the_routers() -> None:
-    assert dead().route() == ("magnetiq.tasks", "booking.process_payment", "booking")
+    assert replay_route(dead()) == ("magnetiq.tasks", "booking.process_payment", "booking")
 
 
 @pytest.mark.parametrize(
@@ -83,7 +84,7 @@ def test_route_is_the_routers() -> None:
 )
 def test_route_refuses_what_would_not_go_back_where_it_died(letter: DeadLetter, error: str) -> None:
     with pytest.raises(ReplayError, match=error):
-        letter.route()
+        replay_route(letter)
 
 
 def test_a_foreign_message_without_death_headers_is_still_readable() -> None:
