@@ -53,13 +53,14 @@ def mail_service() -> MailService:
     # connection is kept (no overflow): SQLAlchemy closes an overflow connection
     # when it is returned, so 100 greenlets opened one per statement.
     ledger_engine = engine_for(settings.database_url, pool_size=30, max_overflow=0, autocommit=True)
-    ledger = SqlDeliveryLedger(
-        ledger_engine,
-        lease_seconds=settings.smtp_timeout * SEND_DEADLINE_TIMEOUTS + 30,
-        commit_with=commit_with_result,
-    )
+    ledger = SqlDeliveryLedger(ledger_engine, lease_seconds=delivery_lease(), commit_with=commit_with_result)
     sender = AioSmtpSender(config, observe=_smtp_sent)
     return MailService(sender, Renderer(), settings.mail_from, ledger)
+
+
+def delivery_lease() -> float:
+    """Seconds a ``sending`` ledger row is left to its attempt: the longest send, plus a margin."""
+    return get_settings().smtp_timeout * SEND_DEADLINE_TIMEOUTS + 30
 
 
 def commit_with_result(task_id: str, sql: str, params: dict[str, Any]) -> bool:
