@@ -8,6 +8,7 @@ task id (the same across retries and redeliveries); producers pass their own
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from app import contracts
 from app.celery_app import celery_app
 from app.mail import emails
 from app.mail.emails import Booking
+from app.mail.ledger import SENT_UNMARKED_HEADER, SentMarkRefused
 from app.mail.service import DeliveryBusy
 from app.mail.smtp import SmtpTransientError
 from app.settings import get_settings
@@ -26,6 +28,7 @@ from app.tasks import resources
 from app.tasks.base import FleetTask
 
 F = TypeVar("F", bound=Callable[..., str])
+log = logging.getLogger(__name__)
 
 #: Failures a later attempt may get past, retried with backoff up to
 #: ``EMAIL_MAX_RETRIES`` times; anything else fails at once (SMTP 5xx, an
@@ -33,9 +36,10 @@ F = TypeVar("F", bound=Callable[..., str])
 RETRY_ON = (SmtpTransientError,)
 #: Seconds between looks at a key another attempt is sending.
 BUSY_RECHECK = 5.0
-#: Message header counting the busy waits of an email so far. A busy wait
-#: (``DeliveryBusy``) is a retry too (``request.retries`` counts it), but it
-#: waits for another attempt's lease and must not spend the failure budget.
+#: Message header counting the busy waits of an email so far. A busy wait is a
+#: retry too (``request.retries`` counts it), but it waits for someone else (another
+#: attempt's lease: ``DeliveryBusy``; the database refusing the sent mark of an
+#: email that went out: ``SentMarkRefused``) and must not spend the failure budget.
 BUSY_WAITS_HEADER = "email_busy_waits"
 
 
@@ -48,7 +52,13 @@ def email_task(name: str, arguments: type[contracts.Arguments]) -> Callable[[F],
             try:
                 return body(self, *args, **kwargs)
             except DeliveryBusy as busy:
-                raise wait_for_holder(self, busy) from None
+                # Another attempt holds the key: look again soon (it is usually
+                # about to finish), for as long as its lease lasts (its process
+                # may have died; then the key is taken over when the lease ends).
+                raise busy_wait(self, busy, min(busy.retry_in, BUSY_RECHECK)) from None
+            except SentMarkRefused as refused:
+                # The email went out: the rerun only owes its mark (the header says so).
+                raise busy_wait(self, refused, BUSY_RECHECK, {SENT_UNMARKED_HEADER: refused.key}) from None
             except RETRY_ON as exc:
                 raise retry_after_failure(self, exc) from None
 
@@ -85,28 +95,23 @@ def busy_wait_limit(lease: float) -> int:
     return 2 * (math.ceil(lease / BUSY_RECHECK) + 1)
 
 
-def wait_for_holder(task: FleetTask, busy: DeliveryBusy) -> Retry:
-    """Retry soon, counted as a busy wait.
+def busy_wait(
+    task: FleetTask, exc: Exception, countdown: float, headers: Mapping[str, Any] | None = None
+) -> Retry:
+    """Retry after ``countdown`` seconds (with ``headers`` added), counted as a busy wait.
 
     Raises:
-        DeliveryBusy: the email made ``busy_wait_limit`` busy waits already.
+        Exception: ``exc`` itself once the email made ``busy_wait_limit`` busy waits.
     """
     request = task.request
     waits = busy_waits(request.headers, request.retries)
     if waits >= busy_wait_limit(resources.delivery_lease()):
-        raise DeliveryBusy(f"{busy} (gave up after {waits} busy waits)", busy.retry_in) from None
-    # Another attempt holds the key: look again soon (it is usually about to
-    # finish), for as long as its lease lasts (its process may have died; then
-    # the key is taken over when the lease ends).
+        log.error("%s[%s]: gave up after %d busy waits", task.name, request.id, waits)
+        raise exc
     # The request's headers as Celery's own retry passes them on (without
     # RabbitMQ's death headers, or the broker drops the copy as a dead-letter cycle).
-    headers = {**request.as_execution_options()["headers"], BUSY_WAITS_HEADER: waits + 1}
-    return task.retry(
-        exc=busy,
-        countdown=min(busy.retry_in, BUSY_RECHECK),
-        max_retries=request.retries + 1,
-        headers=headers,
-    )
+    merged = {**request.as_execution_options()["headers"], **(headers or {}), BUSY_WAITS_HEADER: waits + 1}
+    return task.retry(exc=exc, countdown=countdown, max_retries=request.retries + 1, headers=merged)
 
 
 def retry_after_failure(task: FleetTask, exc: Exception) -> Retry:
