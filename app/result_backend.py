@@ -7,13 +7,14 @@ groups, chords through ``chord_unlock``) and stores each state change with a
 single ``INSERT ... ON CONFLICT DO UPDATE`` whose ``WHERE`` clause keeps a
 finished result from being overwritten by a late duplicate. A write that
 belongs with a task's outcome (the mail ledger's "sent" mark) can ride in the
-same round trip and transaction (``commit_with_result``).
+same round trip and transaction (``commit_with_result``); one the database
+refuses is never dropped: the task is published again to finish it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +22,7 @@ from celery import signals, states
 from celery.backends.base import BaseBackend
 from celery.result import GroupResult, result_from_tuple
 from kombu.utils.json import dumps, loads
-from psycopg2 import InterfaceError, OperationalError
+from psycopg2 import DatabaseError, InterfaceError, OperationalError
 
 from app.db import engine_for
 from app.settings import sqlalchemy_url
@@ -58,6 +59,10 @@ ON CONFLICT (group_id) DO UPDATE SET result = EXCLUDED.result, date_done = EXCLU
 """
 #: Statements waiting for the transaction that stores a task's next state, by task id.
 _riders: dict[str, list[tuple[str, Any]]] = {}
+#: Headers of the rerun that finishes a task's riders should the database refuse them, by task id.
+_reruns: dict[str, dict[str, Any]] = {}
+#: Seconds before such a rerun (native delayed delivery takes whole seconds).
+RERUN_COUNTDOWN = 5
 log = logging.getLogger(__name__)
 #: Expired rows are deleted in batches, so cleanup never holds a long table lock.
 CLEANUP_BATCH = 5000
@@ -126,19 +131,27 @@ class PostgresBackend(BaseBackend):
         return isinstance(exc, self.RETRYABLE)
 
     # -- task results ----------------------------------------------------
-    def commit_with_result(self, task_id: str, sql: str, params: Any) -> None:
+    def commit_with_result(
+        self, task_id: str, sql: str, params: Any, rerun_headers: Mapping[str, Any] | None = None
+    ) -> None:
         """Run ``sql`` in the transaction (and round trip) that stores ``task_id``'s next state.
 
         For a write that belongs with the task's outcome and must be committed
         before its message is acked. The caller must know that a state will be
-        stored (results not ignored); should none be, ``task_postrun`` runs
-        the statement on its own, still before the ack.
+        stored (results not ignored); should none be, or should the database
+        refuse the statement there, ``task_postrun`` runs it on its own, still
+        before the ack. If the database refuses it then too, the task is
+        published again, with ``rerun_headers`` (which tell the rerun what it
+        owes), before its message is acked.
         """
         _riders.setdefault(task_id, []).append((sql, params))
+        if rerun_headers:
+            _reruns.setdefault(task_id, {}).update(rerun_headers)
 
     def flush_riders(self, task_id: str) -> None:
         """Run the statements still waiting for ``task_id``'s state, in one round trip."""
         riders = _riders.pop(task_id, None)
+        _reruns.pop(task_id, None)
         if riders:
             (sql, params), before = riders[-1], riders[:-1]
             self._execute(sql, params, riders=before)
@@ -154,21 +167,31 @@ class PostgresBackend(BaseBackend):
     ) -> Any:
         children = self.current_task_children(request)
         riders = _riders.get(task_id, ())
-        self._execute(
-            _UPSERT,
-            (
-                task_id,
-                state,
-                getattr(request, "task", None),
-                dumps(result),
-                traceback,
-                dumps(children) if children else None,
-                datetime.now(UTC) if state in self.READY_STATES else None,
-            ),
-            riders=riders,
+        row = (
+            task_id,
+            state,
+            getattr(request, "task", None),
+            dumps(result),
+            traceback,
+            dumps(children) if children else None,
+            datetime.now(UTC) if state in self.READY_STATES else None,
         )
-        if riders:  # kept until stored: a retried store carries them again
+        try:
+            self._execute(_UPSERT, row, riders=riders)
+        except self.RETRYABLE:
+            raise  # kept until stored: a retried store carries them again
+        except DatabaseError as exc:
+            if not riders:
+                raise
+            # Refused: record the task's state alone, so its outcome is known
+            # and Celery's trace goes on to task_postrun, which runs the riders
+            # again and, if they are refused there too, publishes the rerun.
+            log.warning("task %s: %d statement(s) bound to its result refused: %s", task_id, len(riders), exc)
+            self._execute(_UPSERT, row)
+            return result
+        if riders:
             _riders.pop(task_id, None)
+            _reruns.pop(task_id, None)
         return result
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
@@ -242,13 +265,48 @@ class PostgresBackend(BaseBackend):
 def _flush_riders(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     # The end of the trace, before the ack: what no stored state took runs on its own.
     waiting = len(_riders.get(task_id or "", ()))
-    if not waiting:
+    if not task_id or not waiting:
         return
+    rerun_headers = _reruns.get(task_id)
     try:
         task.backend.flush_riders(task_id)
     except Exception as exc:
-        _riders.pop(task_id or "", None)
+        _riders.pop(task_id, None)
+        _reruns.pop(task_id, None)
+        _rerun(task, task_id, waiting, rerun_headers, exc)
+
+
+def _rerun(task: Any, task_id: str, waiting: int, headers: Mapping[str, Any] | None, exc: Exception) -> None:
+    """Publish the running task again, with ``headers``, to finish what the database refused.
+
+    Signal handlers cannot stop the ack of the message that follows, so the
+    work that must not be lost goes out in a new message first: a requeued
+    original would not know what its first run had done (an email sent).
+    """
+    request = task.request
+    if not headers or request.id != task_id:  # nothing to tell a rerun, or no running request to rerun
         log.error("task %s: %d statement(s) bound to its result not committed: %s", task_id, waiting, exc)
+        return
+    # The request's headers as Celery's own retry passes them on (without RabbitMQ's death headers).
+    merged = {**request.as_execution_options()["headers"], **headers}
+    try:
+        task.signature_from_request(request, countdown=RERUN_COUNTDOWN, headers=merged).apply_async()
+    except Exception as publish_exc:
+        log.critical(
+            "task %s: %d statement(s) bound to its result not committed (%s); rerun not published: %s",
+            task_id,
+            waiting,
+            exc,
+            publish_exc,
+        )
+        return
+    log.error(
+        "task %s: %d statement(s) bound to its result refused (%s); rerun in %d s to finish them",
+        task_id,
+        waiting,
+        exc,
+        RERUN_COUNTDOWN,
+    )
 
 
 def _load(text: str | None) -> Any:

@@ -8,14 +8,19 @@ task id (the same across retries and redeliveries); producers pass their own
 from __future__ import annotations
 
 import functools
+import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
+
+from celery.exceptions import Retry
+from celery.utils.time import get_exponential_backoff_interval
 
 from app import contracts
 from app.celery_app import celery_app
 from app.mail import emails
 from app.mail.emails import Booking
+from app.mail.ledger import SENT_UNMARKED_HEADER, SentMarkRefused
 from app.mail.service import DeliveryBusy
 from app.mail.smtp import SmtpTransientError
 from app.settings import get_settings
@@ -23,13 +28,19 @@ from app.tasks import resources
 from app.tasks.base import FleetTask
 
 F = TypeVar("F", bound=Callable[..., str])
+log = logging.getLogger(__name__)
 
-#: Failures a later attempt may get past, retried with backoff; anything else
-#: fails at once (SMTP 5xx, an invalid address or header) and is dead-lettered
-#: to ``email.dlq``. ``DeliveryBusy`` is retried too, when the lease runs out.
+#: Failures a later attempt may get past, retried with backoff up to
+#: ``EMAIL_MAX_RETRIES`` times; anything else fails at once (SMTP 5xx, an
+#: invalid address or header) and is dead-lettered to ``email.dlq``.
 RETRY_ON = (SmtpTransientError,)
 #: Seconds between looks at a key another attempt is sending.
 BUSY_RECHECK = 5.0
+#: Message header counting the busy waits of an email so far. A busy wait is a
+#: retry too (``request.retries`` counts it), but it waits for someone else (another
+#: attempt's lease: ``DeliveryBusy``; the database refusing the sent mark of an
+#: email that went out: ``SentMarkRefused``) and must not spend the failure budget.
+BUSY_WAITS_HEADER = "email_busy_waits"
 
 
 def email_task(name: str, arguments: type[contracts.Arguments]) -> Callable[[F], Any]:
@@ -44,22 +55,81 @@ def email_task(name: str, arguments: type[contracts.Arguments]) -> Callable[[F],
                 # Another attempt holds the key: look again soon (it is usually
                 # about to finish), for as long as its lease lasts (its process
                 # may have died; then the key is taken over when the lease ends).
-                more = math.ceil(busy.retry_in / BUSY_RECHECK) + 1
-                countdown = min(busy.retry_in, BUSY_RECHECK)
-                raise self.retry(
-                    exc=busy, countdown=countdown, max_retries=self.request.retries + more
-                ) from None
+                raise busy_wait(self, busy, min(busy.retry_in, BUSY_RECHECK)) from None
+            except SentMarkRefused as refused:
+                # The email went out: the rerun only owes its mark (the header says so).
+                raise busy_wait(self, refused, BUSY_RECHECK, {SENT_UNMARKED_HEADER: refused.key}) from None
+            except RETRY_ON as exc:
+                raise retry_after_failure(self, exc) from None
 
+        # No ``autoretry_for``: Celery's autoretry would count busy waits as
+        # failures (its limit and backoff read ``request.retries``).
         return celery_app.task(
             bind=True,
             base=FleetTask,
             name=name,
             arguments=arguments,
-            autoretry_for=RETRY_ON,
             max_retries=get_settings().email_max_retries,
         )(run)
 
     return register
+
+
+def busy_waits(headers: Mapping[str, Any] | None, retries: int) -> int:
+    """The busy waits among a request's ``retries`` (a missing or malformed header counts none)."""
+    try:
+        waits = int((headers or {}).get(BUSY_WAITS_HEADER, 0))
+    except (TypeError, ValueError):
+        return 0
+    return max(0, min(waits, retries))
+
+
+def busy_wait_limit(lease: float) -> int:
+    """How many busy waits an email may make before it gives up (to ``email.dlq``).
+
+    A key whose holder died is taken over when its lease ends, at most
+    ``lease`` seconds after the first look; the limit allows two whole leases
+    of looks every ``BUSY_RECHECK`` seconds, so only a key that other attempts
+    keep taking over exhausts it.
+    """
+    return 2 * (math.ceil(lease / BUSY_RECHECK) + 1)
+
+
+def busy_wait(
+    task: FleetTask, exc: Exception, countdown: float, headers: Mapping[str, Any] | None = None
+) -> Retry:
+    """Retry after ``countdown`` seconds (with ``headers`` added), counted as a busy wait.
+
+    Raises:
+        Exception: ``exc`` itself once the email made ``busy_wait_limit`` busy waits.
+    """
+    request = task.request
+    waits = busy_waits(request.headers, request.retries)
+    if waits >= busy_wait_limit(resources.delivery_lease()):
+        log.error("%s[%s]: gave up after %d busy waits", task.name, request.id, waits)
+        raise exc
+    # The request's headers as Celery's own retry passes them on (without
+    # RabbitMQ's death headers, or the broker drops the copy as a dead-letter cycle).
+    merged = {**request.as_execution_options()["headers"], **(headers or {}), BUSY_WAITS_HEADER: waits + 1}
+    return task.retry(exc=exc, countdown=countdown, max_retries=request.retries + 1, headers=merged)
+
+
+def retry_after_failure(task: FleetTask, exc: Exception) -> Retry:
+    """Retry with backoff while failures (retries that were not busy waits) stay within ``max_retries``.
+
+    Raises:
+        Exception: ``exc`` itself once the failure budget is spent.
+    """
+    request = task.request
+    waits = busy_waits(request.headers, request.retries)
+    countdown = get_exponential_backoff_interval(
+        factor=int(max(1.0, float(task.retry_backoff))),
+        retries=request.retries - waits,
+        maximum=task.retry_backoff_max,
+        full_jitter=task.retry_jitter,
+    )
+    limit = None if task.max_retries is None else task.max_retries + waits
+    return task.retry(exc=exc, countdown=countdown, max_retries=limit)
 
 
 def keys(task: FleetTask, idempotency_key: str | None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from app.booking.provider import HttpPaymentProvider
 from app.celery_app import celery_app
 from app.db import engine_for
-from app.mail.ledger import SqlDeliveryLedger
+from app.mail.ledger import SENT_UNMARKED_HEADER, SqlDeliveryLedger
 from app.mail.render import Renderer
 from app.mail.service import MailService
 from app.mail.smtp import SEND_DEADLINE_TIMEOUTS, AioSmtpSender, SendObserver, SmtpConfig
@@ -55,14 +55,20 @@ def mail_service() -> MailService:
     ledger_engine = engine_for(settings.database_url, pool_size=30, max_overflow=0, autocommit=True)
     ledger = SqlDeliveryLedger(
         ledger_engine,
-        lease_seconds=settings.smtp_timeout * SEND_DEADLINE_TIMEOUTS + 30,
+        lease_seconds=delivery_lease(),
         commit_with=commit_with_result,
+        accepted=sent_by_earlier_run,
     )
     sender = AioSmtpSender(config, observe=_smtp_sent)
     return MailService(sender, Renderer(), settings.mail_from, ledger)
 
 
-def commit_with_result(task_id: str, sql: str, params: dict[str, Any]) -> bool:
+def delivery_lease() -> float:
+    """Seconds a ``sending`` ledger row is left to its attempt: the longest send, plus a margin."""
+    return get_settings().smtp_timeout * SEND_DEADLINE_TIMEOUTS + 30
+
+
+def commit_with_result(task_id: str, sql: str, params: dict[str, Any], rerun_headers: dict[str, str]) -> bool:
     """Have ``sql`` committed with the running task's result row, if that row will be stored.
 
     Only for task ``task_id`` running in this process (not eagerly) with its
@@ -75,8 +81,16 @@ def commit_with_result(task_id: str, sql: str, params: dict[str, Any]) -> bool:
     backend = task.backend
     if not isinstance(backend, PostgresBackend) or backend.url != sqlalchemy_url(get_settings().database_url):
         return False
-    backend.commit_with_result(task_id, sql, params)
+    backend.commit_with_result(task_id, sql, params, rerun_headers)
     return True
+
+
+def sent_by_earlier_run(key: str, task_id: str) -> bool:
+    """Is the running task ``task_id`` a rerun owing ``key``'s sent mark (``SENT_UNMARKED_HEADER``)?"""
+    task = celery_app.current_worker_task
+    if task is None or task.request.id != task_id:
+        return False
+    return bool((task.request.headers or {}).get(SENT_UNMARKED_HEADER) == key)
 
 
 def _smtp_sent(result: str, seconds: float) -> None:

@@ -24,6 +24,7 @@ from app.mail.smtp import SmtpPermanentError
 from app.tasks.email_tasks import send_booking_confirmation, send_welcome_email
 from routing import names
 from tests.integration.conftest import WorkerProcess, queue_depth, wait_until
+from tests.integration.sent_mark_refusal import refusing_sent_marks
 from tests.smtp_server import ScriptedHandler, ScriptedSmtp
 
 START, END = "2026-12-01T10:00:00+01:00", "2026-12-01T11:30:00+01:00"
@@ -132,6 +133,32 @@ def test_a_redelivered_task_does_not_send_twice(
     wait_until(lambda: "already sent" in email_worker.log(), 30, "the redelivered task to run")
     assert len(smtp.messages) == 1
     assert delivery(database, "redelivered-1")["attempts"] == 1
+
+
+@pytest.mark.parametrize("ignore_result", [False, True], ids=["mark-rides-on-result", "mark-alone"])
+def test_a_refused_sent_mark_is_owed_by_a_rerun_that_sends_nothing(
+    email_worker: WorkerProcess, smtp: ScriptedHandler, database: Any, broker: Connection, ignore_result: bool
+) -> None:
+    with refusing_sent_marks(database) as refusal:
+        # given PostgreSQL refuses the ledger's sent mark
+        # when an email is sent (its mark riding on its result row, or made alone)
+        result = send_welcome_email.apply_async(args=("ada@example.com", "Ada"), ignore_result=ignore_result)
+
+        # then the message is not acked away: the task runs again and is refused again...
+        wait_until(lambda: refusal.refusals() >= 3, 60, "the sent mark to be refused three times")
+        # ...while the email went out once and the key is still held
+        assert len(smtp.messages) == 1
+        assert delivery(database, result.id)["status"] == "sending"
+
+        # when the refusal is lifted
+        refusal.lift()
+
+        # then the mark is committed, nothing more is sent, nothing is dead-lettered
+        wait_until(lambda: delivery(database, result.id)["status"] == "sent", 60, "the sent mark")
+    if not ignore_result:
+        assert result.get(timeout=30) == f"Welcome email sent {message_id(result.id)}"
+    assert (smtp.attempts, len(smtp.messages)) == (1, 1)
+    assert queue_depth(broker, names.dlq(names.EMAIL))[0] == 0
 
 
 def test_an_explicit_key_deduplicates_separate_publishes(

@@ -28,6 +28,17 @@ def row(database: Any, key: str) -> dict[str, Any]:
     return dict(found._mapping)
 
 
+def _past_its_lease(database: Any, key: str) -> None:
+    with database.begin() as db:
+        db.execute(
+            text(
+                "UPDATE email_deliveries SET updated_at = now() - interval '2 minutes' "
+                "WHERE idempotency_key = :k"
+            ),
+            {"k": key},
+        )
+
+
 def test_of_many_concurrent_claims_exactly_one_sends(database: Any) -> None:
     # when 20 threads claim one key at once
     with ThreadPoolExecutor(max_workers=20) as pool:
@@ -75,13 +86,7 @@ def test_transient_failure_frees_the_key_and_permanent_refuses_it(database: Any)
 def test_a_sending_row_past_its_lease_is_taken_over(database: Any) -> None:
     # given an attempt that claimed a key and died (its row stays `sending`)
     ledger().claim("k-lease", "welcome", "<m@x>", "t1")
-    with database.begin() as db:
-        db.execute(
-            text(
-                "UPDATE email_deliveries SET updated_at = now() - interval '2 minutes' "
-                "WHERE idempotency_key = 'k-lease'"
-            )
-        )
+    _past_its_lease(database, "k-lease")
 
     # when a redelivery claims it: within the lease it is busy (told when the
     # lease ends), past it it may send
@@ -91,3 +96,35 @@ def test_a_sending_row_past_its_lease_is_taken_over(database: Any) -> None:
     assert 170 <= busy.retry_in <= 180
     assert ledger(lease=60).claim("k-lease", "welcome", "<m@x>", "t1") == Claim("send")
     assert row(database, "k-lease")["attempts"] == 2
+
+
+def _owing(*owed: tuple[str, str]) -> SqlDeliveryLedger:
+    """A ledger whose running task is a rerun owing the marks ``owed`` ((key, task id) pairs)."""
+    engine = engine_for(get_settings().database_url, autocommit=True)
+    return SqlDeliveryLedger(engine, lease_seconds=60, accepted=lambda key, task_id: (key, task_id) in owed)
+
+
+def test_a_rerun_owing_the_mark_commits_it_instead_of_sending_even_past_the_lease(database: Any) -> None:
+    # given task t1 sent k-owed, its mark was refused, and the lease is over
+    ledger().claim("k-owed", "welcome", "<m@x>", "t1")
+    _past_its_lease(database, "k-owed")
+
+    # when t1's rerun claims it: the mark is committed, nothing is to be sent
+    assert _owing(("k-owed", "t1")).claim("k-owed", "welcome", "<m@x>", "t1") == Claim("sent")
+    stored = row(database, "k-owed")
+    assert (stored["status"], stored["task_id"], stored["attempts"], stored["has_sent_at"]) == (
+        "sent",
+        "t1",
+        1,
+        True,
+    )
+
+
+def test_a_mark_owed_by_another_task_is_not_taken(database: Any) -> None:
+    # given task t1 holds k-other (past its lease)
+    ledger().claim("k-other", "welcome", "<m@x>", "t1")
+    _past_its_lease(database, "k-other")
+
+    # when task t2 says it owes the key's mark, it is not believed: the key is t1's
+    assert _owing(("k-other", "t2")).claim("k-other", "welcome", "<m@x>", "t2") == Claim("send")
+    assert row(database, "k-other")["status"] == "sending"

@@ -11,7 +11,9 @@ from sqlalchemy import text
 
 from app import producer
 from app.contracts import SEND_WELCOME_EMAIL, WelcomeEmailArgs
+from app.mail.service import message_id
 from app.mail.smtp import SmtpTransientError
+from app.tasks.email_tasks import send_welcome_email
 from routing import names
 from tests.integration.conftest import WorkerProcess, queue_depth, wait_until
 from tests.smtp_server import ScriptedHandler, ScriptedSmtp
@@ -40,6 +42,19 @@ def email_worker(start_worker: Callable[..., WorkerProcess], smtp_server: Script
 def welcome_all(count: int) -> list[Any]:
     calls = [{"user_email": f"user{i}@example.com", "user_name": f"User {i}"} for i in range(count)]
     return producer.enqueue_many(SEND_WELCOME_EMAIL, calls, model=WelcomeEmailArgs)
+
+
+def hold_for_a_dead_attempt(database: Any, key: str, lease_left: float, task_id: str | None = None) -> None:
+    """Leave ``key`` as an attempt that died mid-send does: ``sending``, ``lease_left`` s to go."""
+    with database.begin() as db:
+        db.execute(
+            text(
+                "INSERT INTO email_deliveries (idempotency_key, template, message_id, task_id, status, "
+                "attempts, updated_at) VALUES (:k, 'welcome', 'x', :t, 'sending', 1, "
+                "now() - make_interval(secs => :age))"
+            ),
+            {"k": key, "t": task_id, "age": LEASE - lease_left},
+        )
 
 
 def test_retries_stop_after_the_bound_and_the_email_is_dead_lettered(
@@ -96,14 +111,7 @@ def test_a_key_left_sending_by_a_dead_attempt_is_sent_once_its_lease_ends(
     # given an attempt that claimed a key, then died mid-send (its row stays
     # `sending`), with four seconds of its lease left
     key = "welcome:dead-attempt"
-    with database.begin() as db:
-        db.execute(
-            text(
-                "INSERT INTO email_deliveries (idempotency_key, template, message_id, status, attempts, "
-                "updated_at) VALUES (:k, 'welcome', 'x', 'sending', 1, now() - make_interval(secs => :age))"
-            ),
-            {"k": key, "age": LEASE - 4},
-        )
+    hold_for_a_dead_attempt(database, key, lease_left=4)
 
     # when the email is delivered again (a redelivery of the dead attempt's message)
     result = producer.enqueue_welcome_email("ada@example.com", "Ada", idempotency_key=key)
@@ -117,3 +125,24 @@ def test_a_key_left_sending_by_a_dead_attempt_is_sent_once_its_lease_ends(
         ).one()
     assert (status, attempts) == ("sent", 2)
     assert "being sent by another attempt" in email_worker.log()
+
+
+def test_busy_waits_spend_none_of_the_failure_retries(
+    email_worker: WorkerProcess, smtp: ScriptedHandler, database: Any, broker: Connection
+) -> None:
+    # given a dead attempt of the task that claimed its key and never finished:
+    # its lease has 12 s left, more busy waits (one per 5 s) than MAX_RETRIES
+    task_id = "busy-then-421"
+    hold_for_a_dead_attempt(database, task_id, lease_left=12, task_id=task_id)
+    # and a server that defers the next two deliveries
+    smtp.plan = ["421", "421"]
+
+    # when the task's message is delivered again
+    result = send_welcome_email.apply_async(args=("ada@example.com", "Ada"), task_id=task_id)
+
+    # then it waits out the lease, takes the key over, retries both 421s and sends once
+    assert result.get(timeout=90) == f"Welcome email sent {message_id(task_id)}"
+    assert (smtp.attempts, len(smtp.messages)) == (3, 1)
+    retries = [line for line in email_worker.log().splitlines() if f"[{task_id}] retry:" in line]
+    assert len([line for line in retries if "DeliveryBusy" in line]) > MAX_RETRIES
+    assert queue_depth(broker, names.dlq(names.EMAIL))[0] == 0

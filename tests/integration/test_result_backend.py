@@ -18,6 +18,7 @@ from app.db import engine_for
 from app.mail.ledger import Claim, SqlDeliveryLedger
 from app.settings import get_settings
 from app.tasks.email_tasks import send_welcome_email
+from tests.integration.sent_mark_refusal import refusing_sent_marks
 
 
 @pytest.fixture
@@ -161,8 +162,8 @@ def test_asynchronous_commit_is_a_per_session_choice(database: Any, monkeypatch:
 def _riding_ledger(backend: result_backend.PostgresBackend) -> SqlDeliveryLedger:
     """The mail ledger with its sent marks riding on ``backend``'s result rows."""
 
-    def commit_with(task_id: str, sql: str, params: dict[str, Any]) -> bool:
-        backend.commit_with_result(task_id, sql, params)
+    def commit_with(task_id: str, sql: str, params: dict[str, Any], rerun_headers: dict[str, str]) -> bool:
+        backend.commit_with_result(task_id, sql, params, rerun_headers)
         return True
 
     engine = engine_for(get_settings().database_url, autocommit=True)
@@ -240,4 +241,23 @@ def test_a_mark_no_stored_state_took_is_committed_at_the_end_of_the_task(
     assert _delivery(database, key)[0] == "sent"
     assert _row(database, task_id) is None
     backend.store_result(task_id, "later", states.SUCCESS)  # carries nothing
+    assert _delivery(database, key)[0] == "sent"
+
+
+def test_a_refused_mark_lets_the_state_be_stored_and_waits_for_the_end_of_the_task(
+    backend: result_backend.PostgresBackend, database: Any
+) -> None:
+    # given a sent mark riding on a task's result, and a database refusing it
+    task_id, key = _sent_riding_on_a_result(backend)
+    with refusing_sent_marks(database) as refusal:
+        # when the task's state is stored
+        backend.store_result(task_id, "sent", states.SUCCESS)
+        # then the state is stored alone, the mark is not committed...
+        assert _row(database, task_id)[0] == states.SUCCESS
+        assert _delivery(database, key)[0] == "sending"
+        assert refusal.refusals() == 1
+        # ...and it still waits for the end of the task
+        refusal.lift()
+    task = send_welcome_email
+    signals.task_postrun.send(sender=task, task_id=task_id, task=task, args=(), kwargs={}, state="SUCCESS")
     assert _delivery(database, key)[0] == "sent"

@@ -16,7 +16,7 @@ from app.booking.repository import PaymentNotFound
 from app.contracts import InvalidTaskArguments
 from app.mail.render import Renderer
 from app.mail.service import MailService, message_id
-from app.tasks import booking_tasks, resources
+from app.tasks import booking_tasks, email_tasks, resources
 from app.tasks.booking_tasks import process_payment
 from app.tasks.email_tasks import (
     send_booking_cancellation,
@@ -278,3 +278,28 @@ def test_email_tasks_refuse_bad_arguments_before_any_mail(
 ) -> None:
     with pytest.raises(InvalidTaskArguments, match=field):
         task(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("headers", "retries", "waits"),
+    [
+        (None, 3, 0),
+        ({"email_busy_waits": 2}, 3, 2),
+        ({"email_busy_waits": "2"}, 3, 2),
+        ({"email_busy_waits": 9}, 3, 3),  # never more than the retries made
+        ({"email_busy_waits": -4}, 3, 0),
+        ({"email_busy_waits": "many"}, 3, 0),  # malformed: no extra failure budget
+        ({"email_busy_waits": None}, 3, 0),
+    ],
+)
+def test_busy_waits_are_read_from_the_header_and_bounded_by_the_retries(
+    headers: dict[str, Any] | None, retries: int, waits: int
+) -> None:
+    assert email_tasks.busy_waits(headers, retries) == waits
+
+
+def test_busy_waits_outlast_two_leases_and_no_more() -> None:
+    # a look every BUSY_RECHECK seconds over two whole leases, then the email gives up
+    limit = email_tasks.busy_wait_limit(90.0)
+    assert limit * email_tasks.BUSY_RECHECK >= 2 * 90.0
+    assert limit * email_tasks.BUSY_RECHECK <= 2 * 90.0 + 4 * email_tasks.BUSY_RECHECK
