@@ -48,8 +48,8 @@ class ScriptedSender:
 class HeldSender(ScriptedSender):
     """An EmailSender whose first send waits for ``release`` (an SMTP server slow to answer it)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *errors: BaseException) -> None:
+        super().__init__(*errors)
         self.entered = threading.Event()
         self.release = threading.Event()
 
@@ -259,3 +259,33 @@ def test_a_busy_key_is_taken_over_once_its_attempt_is_past_the_lease(database: A
     assert _welcome(_service(sender), "k7") == _sent("k7")
     stored = _row(database, "k7")
     assert (len(sender.sent), stored.status, stored.attempts) == (1, "sent", 2)
+
+
+def test_a_stalled_attempt_failing_late_never_frees_a_key_another_attempt_is_sending(database: Any) -> None:
+    # given attempt A stuck mid-send past its lease, and attempt B that took the key over and is sending
+    stalled, taking_over = HeldSender(SmtpTransientError("SMTP 451: later")), HeldSender()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        try:
+            a = pool.submit(_welcome, _service(stalled), "k8")
+            assert stalled.entered.wait(10), "attempt A never reached SMTP"
+            _age(database, "k8", LEASE + 60)
+            b = pool.submit(_welcome, _service(taking_over), "k8")
+            assert taking_over.entered.wait(10), "attempt B never took the key over"
+
+            # when A's send finally fails, and a third attempt comes while B is still sending
+            stalled.release.set()
+            with pytest.raises(SmtpTransientError):
+                a.result(timeout=30)
+            third = ScriptedSender()
+            with pytest.raises(DeliveryBusy):
+                _welcome(_service(third), "k8")
+        finally:
+            stalled.release.set()
+            taking_over.release.set()
+        sent = b.result(timeout=30)
+
+    # then A's failure left B's claim alone: the third attempt backed off and only B sent
+    assert third.calls == 0
+    assert sent == _sent("k8")
+    assert (len(stalled.sent), len(taking_over.sent)) == (0, 1)
+    assert (_row(database, "k8").status, _row(database, "k8").attempts) == ("sent", 2)
