@@ -10,7 +10,7 @@ commits it instead of sending again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from sqlalchemy import Engine
@@ -40,6 +40,8 @@ class Claim:
     reason: str | None = None
     #: Seconds until a busy key's lease runs out (when another attempt may take it over).
     retry_in: float | None = None
+    #: The attempt number a ``send`` claim took; its failure is recorded against it.
+    attempt: int | None = field(default=None, compare=False)
 
 
 class SentMarkRefused(Exception):
@@ -60,8 +62,13 @@ class DeliveryLedger(Protocol):
     def record_sent(self, key: str, task_id: str | None = None) -> None:
         """Mark ``key`` as sent (by task ``task_id``, when a task sent it)."""
 
-    def record_failure(self, key: str, reason: str, *, permanent: bool) -> None:
-        """Release ``key`` after a failed attempt (``permanent``: never try it again)."""
+    def record_failure(self, key: str, reason: str, *, permanent: bool, attempt: int | None = None) -> None:
+        """Release ``key`` after a failed attempt (``permanent``: never try it again).
+
+        With ``attempt``, only while that attempt still holds the key: an
+        attempt that stalled past its lease must not free a key another
+        attempt took over and is sending.
+        """
 
 
 _CLAIM = """
@@ -90,7 +97,8 @@ _SENT_OWED = (
 )
 _FAILED = (
     "UPDATE email_deliveries SET status = %(status)s, last_error = %(reason)s, updated_at = now() "
-    "WHERE idempotency_key = %(key)s AND status = 'sending'"
+    "WHERE idempotency_key = %(key)s AND status = 'sending' "
+    "AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)"
 )
 
 
@@ -152,8 +160,9 @@ class SqlDeliveryLedger:
             "task_id": task_id,
             "lease": self._lease,
         }
-        if self._execute(_CLAIM, params) is not None:
-            return Claim("send")
+        taken = self._execute(_CLAIM, params)
+        if taken is not None:
+            return Claim("send", attempt=int(taken[0]))
         state = self._execute(_STATE, {"key": key, "lease": self._lease})
         if state is None:  # pragma: no cover - the row was there a statement ago; rows are never deleted
             raise RuntimeError(f"email_deliveries row of {key!r} vanished")
@@ -176,9 +185,13 @@ class SqlDeliveryLedger:
             return
         self._mark(key, _SENT, params)
 
-    def record_failure(self, key: str, reason: str, *, permanent: bool) -> None:
-        """Store the reason; a transient failure leaves the key ``pending`` for the next attempt."""
-        self._execute(_FAILED, {"key": key, "reason": reason, "status": "failed" if permanent else "pending"})
+    def record_failure(self, key: str, reason: str, *, permanent: bool, attempt: int | None = None) -> None:
+        """Store the reason; a transient failure leaves the key ``pending`` for the next attempt.
+
+        A failure of an attempt other than ``attempt`` (when given) changes nothing.
+        """
+        status = "failed" if permanent else "pending"
+        self._execute(_FAILED, {"key": key, "reason": reason, "status": status, "attempt": attempt})
 
     def _mark_owed(self, key: str, task_id: str) -> bool:
         """Commit the mark an earlier run of ``task_id`` owes ``key``; False if it holds the key no more."""

@@ -172,6 +172,7 @@ class MailService:
         """
         message = self.compose(outgoing)
         mid = str(message["Message-ID"])
+        attempt: int | None = None
         if self._ledger is not None:
             claim = self._ledger.claim(outgoing.key, outgoing.template, mid, outgoing.task_id)
             if claim.state == "sent":
@@ -181,20 +182,21 @@ class MailService:
             if claim.state == "busy":
                 retry_in = claim.retry_in or 1.0
                 raise DeliveryBusy(f"{outgoing.label} {mid} is being sent by another attempt", retry_in)
-        self._deliver(outgoing.key, message, outgoing.task_id)
+            attempt = claim.attempt
+        self._deliver(outgoing.key, message, outgoing.task_id, attempt)
         return f"{outgoing.label} sent {mid}"
 
-    def _deliver(self, key: str, message: EmailMessage, task_id: str | None) -> None:
+    def _deliver(self, key: str, message: EmailMessage, task_id: str | None, attempt: int | None) -> None:
         try:
             self._sender.send(message)
         except (SmtpTransientError, SmtpPermanentError) as exc:
             if self._ledger is not None:
                 permanent = isinstance(exc, SmtpPermanentError)
-                self._ledger.record_failure(key, str(exc), permanent=permanent)
+                self._ledger.record_failure(key, str(exc), permanent=permanent, attempt=attempt)
             raise
         except BaseException:
             if self._ledger is not None:
-                self._ledger.record_failure(key, "interrupted", permanent=False)
+                self._ledger.record_failure(key, "interrupted", permanent=False, attempt=attempt)
             raise
         if self._ledger is not None:
             self._ledger.record_sent(key, task_id)

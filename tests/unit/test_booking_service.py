@@ -1,86 +1,55 @@
-"""Unit tests of app.booking.service: idempotent payment processing over a fake repository."""
+"""Unit tests of app.booking.service: how a repository's outcome becomes the task's result.
+
+Whether a payment is charged once lives in the PostgreSQL repository and is
+tested against it (``tests/integration/test_payment_repository.py``); here the
+repository only hands back a given outcome.
+"""
 
 from __future__ import annotations
 
 import pytest
 
 from app.booking.repository import Outcome, PaymentNotFound
-from app.booking.service import ALREADY_PROCESSED, process_payment
+from app.booking.service import process_payment
 
 
-class InMemoryPayments:
-    """A PaymentRepository keeping payment statuses in a dict."""
+class FixedOutcome:
+    """A PaymentRepository stand-in that reports one outcome (or raises) and remembers the ids asked."""
 
-    def __init__(self, statuses: dict[int, str], declines: frozenset[int] = frozenset()) -> None:
-        self.statuses = dict(statuses)
-        self.declines = declines
+    def __init__(self, outcome: Outcome | Exception) -> None:
+        self.outcome = outcome
+        self.asked: list[int] = []
 
     def process(self, payment_id: int) -> Outcome:
-        status = self.statuses.get(payment_id)
-        if status is None:
-            raise PaymentNotFound(f"payment {payment_id} does not exist")
-        if status != "pending":
-            return "already"
-        if payment_id in self.declines:
-            self.statuses[payment_id] = "failed"
-            return "declined"
-        self.statuses[payment_id] = "processed"
-        return "processed"
+        self.asked.append(payment_id)
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
 
 
-def test_first_call_processes_the_payment() -> None:
-    # given a pending payment
-    payments = InMemoryPayments({7: "pending"})
+@pytest.mark.parametrize(
+    ("outcome", "result"),
+    [
+        ("processed", "Payment 7 processed"),
+        ("declined", "Payment 7 declined"),
+        ("already", "Already processed"),
+    ],
+)
+def test_each_outcome_has_its_result(outcome: Outcome, result: str) -> None:
+    # given a repository that reports the outcome
+    repository = FixedOutcome(outcome)
 
-    # when it is processed
-    result = process_payment(payments, 7)
-
-    # then it is processed and says so
-    assert result == "Payment 7 processed"
-    assert payments.statuses[7] == "processed"
-
-
-def test_second_call_changes_nothing() -> None:
-    # given a payment processed once
-    payments = InMemoryPayments({7: "pending"})
-    process_payment(payments, 7)
-
-    # when it is processed again
-    result = process_payment(payments, 7)
-
-    # then the repeat is reported and the state is unchanged
-    assert result == ALREADY_PROCESSED == "Already processed"
-    assert payments.statuses == {7: "processed"}
-
-
-def test_other_payments_are_untouched() -> None:
-    # given two pending payments
-    payments = InMemoryPayments({1: "pending", 2: "pending"})
-
-    # when one is processed
-    process_payment(payments, 1)
-
-    # then the other is still pending
-    assert payments.statuses == {1: "processed", 2: "pending"}
+    # when payment 7 is processed
+    # then the result names it, and the repository was asked once about it
+    assert process_payment(repository, 7) == result
+    assert repository.asked == [7]
 
 
 def test_missing_payment_propagates_not_found() -> None:
-    # given no payment 404
-    payments = InMemoryPayments({})
+    # given a repository without payment 404
+    repository = FixedOutcome(PaymentNotFound("payment 404 does not exist"))
 
     # when it is processed
     # then PaymentNotFound reaches the caller
     with pytest.raises(PaymentNotFound, match="404"):
-        process_payment(payments, 404)
-
-
-def test_declined_payment_is_reported_then_final() -> None:
-    # given a pending payment the provider will decline
-    payments = InMemoryPayments({3: "pending"}, declines=frozenset({3}))
-
-    # when it is processed twice
-    first, second = process_payment(payments, 3), process_payment(payments, 3)
-
-    # then the decline is reported once and the payment stays failed
-    assert (first, second) == ("Payment 3 declined", "Already processed")
-    assert payments.statuses == {3: "failed"}
+        process_payment(repository, 404)

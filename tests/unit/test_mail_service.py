@@ -1,4 +1,4 @@
-"""Unit tests of app.mail.service: safe MIME messages and the welcome use case."""
+"""Unit tests of app.mail.service: safe MIME messages and rendered notices (sent-once: integration)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,16 @@ from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default
 from pathlib import Path
-from typing import Any
 
 import pytest
 from icalendar import Calendar
 
 from app.mail import emails
 from app.mail.emails import Booking
-from app.mail.ledger import Claim
 from app.mail.mime import to_bytes
 from app.mail.preview import write_preview
 from app.mail.render import Renderer
-from app.mail.service import DeliveryBusy, InvalidEmail, MailService, build_message, message_id
-from app.mail.smtp import SmtpPermanentError, SmtpTransientError
+from app.mail.service import InvalidEmail, MailService, build_message, message_id
 
 SENDER = "Magnetiq <no-reply@magnetiq.local>"
 
@@ -192,120 +189,6 @@ def test_send_welcome_refuses_a_bad_recipient_before_sending() -> None:
     assert sender.sent == []
 
 
-class MemoryLedger:
-    """An in-memory DeliveryLedger with the SQL ledger's rules (no lease expiry)."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, dict[str, Any]] = {}
-
-    def claim(self, key: str, template: str, message_id: str, task_id: str | None) -> Claim:
-        row = self.rows.setdefault(key, {"status": "pending", "attempts": 0, "reason": None})
-        if row["status"] == "pending":
-            row.update(status="sending", attempts=row["attempts"] + 1, template=template)
-            return Claim("send")
-        return {"sent": Claim("sent"), "failed": Claim("refused", row["reason"])}.get(
-            row["status"], Claim("busy")
-        )
-
-    def record_sent(self, key: str, task_id: str | None = None) -> None:
-        self.rows[key]["status"] = "sent"
-
-    def record_failure(self, key: str, reason: str, *, permanent: bool) -> None:
-        self.rows[key].update(status="failed" if permanent else "pending", reason=reason)
-
-
-class ScriptedSender:
-    """An EmailSender that raises the planned errors, then keeps what it is given."""
-
-    def __init__(self, *errors: Exception) -> None:
-        self.errors = list(errors)
-        self.sent: list[EmailMessage] = []
-        self.calls = 0
-
-    def send(self, message: EmailMessage) -> None:
-        self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        self.sent.append(message)
-
-
-def test_a_key_already_sent_is_not_sent_again() -> None:
-    # given a service with a ledger that sent the welcome email for key k1
-    sender, ledger = RecordingSender(), MemoryLedger()
-    service = MailService(sender, Renderer(), SENDER, ledger)
-    first = service.send_welcome("ada@example.com", "Ada", key="k1")
-
-    # when the same key comes again (a redelivery, a retry, a second publish)
-    again = service.send_welcome("ada@example.com", "Ada", key="k1")
-
-    # then nothing more is sent and the summary says so
-    assert len(sender.sent) == 1
-    assert first == f"Welcome email sent {message_id('k1')}"
-    assert again == f"Welcome email already sent {message_id('k1')}"
-
-
-def test_a_transient_failure_releases_the_key_for_the_retry() -> None:
-    # given a sender whose first attempt fails with a 451
-    sender, ledger = ScriptedSender(SmtpTransientError("SMTP 451: later")), MemoryLedger()
-    service = MailService(sender, Renderer(), SENDER, ledger)
-    with pytest.raises(SmtpTransientError):
-        service.send_welcome("ada@example.com", "Ada", key="k2")
-    assert ledger.rows["k2"]["status"] == "pending"
-
-    # when the retry comes
-    service.send_welcome("ada@example.com", "Ada", key="k2")
-
-    # then it is sent once, on the second attempt
-    assert len(sender.sent) == 1
-    assert ledger.rows["k2"] == {
-        "status": "sent",
-        "attempts": 2,
-        "reason": "SMTP 451: later",
-        "template": "welcome",
-    }
-
-
-def test_a_permanent_refusal_is_final() -> None:
-    # given a sender whose server refuses the message for good
-    sender, ledger = ScriptedSender(SmtpPermanentError("SMTP 550: no such user")), MemoryLedger()
-    service = MailService(sender, Renderer(), SENDER, ledger)
-    with pytest.raises(SmtpPermanentError, match="550"):
-        service.send_welcome("ada@example.com", "Ada", key="k3")
-
-    # when the same key comes again
-    # then it is refused with the stored reason, without another SMTP attempt
-    with pytest.raises(SmtpPermanentError, match="refused by the server earlier: SMTP 550"):
-        service.send_welcome("ada@example.com", "Ada", key="k3")
-    assert sender.calls == 1
-
-
-def test_a_key_another_attempt_is_sending_is_busy() -> None:
-    # given a key some other attempt holds
-    sender, ledger = RecordingSender(), MemoryLedger()
-    ledger.rows["k4"] = {"status": "sending", "attempts": 1, "reason": None}
-    service = MailService(sender, Renderer(), SENDER, ledger)
-
-    # when it is sent
-    # then the attempt backs off without sending
-    with pytest.raises(DeliveryBusy):
-        service.send_welcome("ada@example.com", "Ada", key="k4")
-    assert sender.sent == []
-
-
-def test_an_invalid_recipient_never_reaches_the_ledger_or_smtp() -> None:
-    # given a recipient with a header injection
-    sender, ledger = RecordingSender(), MemoryLedger()
-    service = MailService(sender, Renderer(), SENDER, ledger)
-
-    # when it is sent
-    with pytest.raises(InvalidEmail):
-        service.send(emails.password_reset("ada@example.com\r\nBcc: eve@example.com", "Ada", URL, 30, "k5"))
-
-    # then nothing was claimed or sent
-    assert ledger.rows == {}
-    assert sender.sent == []
-
-
 URL = "https://magnetiq.example/reset?token=abc"
 BOOKING = Booking("BK-7", "Studio A", "2026-12-01T10:00:00+01:00", "2026-12-01T11:30:00+01:00")
 
@@ -313,7 +196,7 @@ BOOKING = Booking("BK-7", "Studio A", "2026-12-01T10:00:00+01:00", "2026-12-01T1
 def test_booking_confirmation_carries_a_calendar_request() -> None:
     # given a mail service
     sender = RecordingSender()
-    service = MailService(sender, Renderer(), SENDER, MemoryLedger())
+    service = MailService(sender, Renderer(), SENDER)
 
     # when a booking is confirmed
     service.send_booking_confirmation("ada@example.com", "Ada", BOOKING, key="booking-confirmation:7")
@@ -348,7 +231,7 @@ def test_booking_confirmation_carries_a_calendar_request() -> None:
 def test_each_notice_is_one_multipart_message(outgoing: emails.Outgoing, subject: str) -> None:
     # given a notice
     sender = RecordingSender()
-    service = MailService(sender, Renderer(), SENDER, MemoryLedger())
+    service = MailService(sender, Renderer(), SENDER)
 
     # when it is sent
     summary = service.send(outgoing)
@@ -363,7 +246,7 @@ def test_each_notice_is_one_multipart_message(outgoing: emails.Outgoing, subject
 
 def test_cancellation_reason_and_reset_link_are_in_both_parts() -> None:
     sender = RecordingSender()
-    service = MailService(sender, Renderer(), SENDER, MemoryLedger())
+    service = MailService(sender, Renderer(), SENDER)
     service.send(emails.booking_cancellation("ada@example.com", "Ada", BOOKING, "Studio flooded", "c"))
     service.send(emails.password_reset("ada@example.com", "Ada", URL + "&x=1", 45, "r"))
     cancel, reset = sender.sent

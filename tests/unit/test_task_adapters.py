@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from app.booking.repository import PaymentNotFound
 from app.contracts import InvalidTaskArguments
 from app.mail.render import Renderer
 from app.mail.service import MailService, message_id
-from app.tasks import booking_tasks, email_tasks, resources
+from app.tasks import email_tasks, resources
 from app.tasks.booking_tasks import process_payment
 from app.tasks.email_tasks import (
     send_booking_cancellation,
@@ -40,20 +39,6 @@ class RecordingSender:
 
     def send(self, message: EmailMessage) -> None:
         self.sent.append(message)
-
-
-class InMemoryPayments:
-    """A PaymentRepository keeping payment statuses in a dict."""
-
-    def __init__(self, statuses: dict[int, str]) -> None:
-        self.statuses = statuses
-
-    def process(self, payment_id: int) -> str:
-        if payment_id not in self.statuses:
-            raise PaymentNotFound(f"payment {payment_id} does not exist")
-        first = self.statuses[payment_id] != "processed"
-        self.statuses[payment_id] = "processed"
-        return "processed" if first else "already"
 
 
 def _no_database() -> Engine:
@@ -171,21 +156,6 @@ def test_send_welcome_email_accepts_keyword_arguments(sender: RecordingSender) -
 
     # then the message is addressed from the keywords
     assert [message["To"] for message in sender.sent] == ["b@example.com"]
-
-
-def test_process_payment_runs_the_domain_service(monkeypatch: pytest.MonkeyPatch) -> None:
-    # given the task wired to an in-memory payment repository
-    payments = InMemoryPayments({5: "pending"})
-    monkeypatch.setattr(resources, "engine", lambda: None)
-    monkeypatch.setattr(resources, "payment_provider", lambda: None)
-    monkeypatch.setattr(booking_tasks, "SqlPaymentRepository", lambda _engine, _provider: payments)
-
-    # when the task runs twice for one payment
-    first = process_payment(5)
-    second = process_payment(payment_id=5)
-
-    # then it processes once, then reports the repeat
-    assert (first, second) == ("Payment 5 processed", "Already processed")
 
 
 def test_on_failure_logs_identity_but_not_arguments(caplog: pytest.LogCaptureFixture) -> None:
