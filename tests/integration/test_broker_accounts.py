@@ -261,6 +261,23 @@ def test_monitoring_reads_queue_depth_and_nothing_else(node: RabbitNode) -> None
     refused(403, "access to queue 'booking'")(caught.value)
 
 
+# -- policies -------------------------------------------------------------------
+
+
+def test_the_dead_letter_queues_get_a_delivery_limit_the_node_accepts(node: RabbitNode) -> None:
+    # given the node that imported the shipped definitions (an invalid policy fails the import)
+    # when the queues' policies and the policies' definitions are listed
+    queues = json.loads(node.ctl("list_queues", "-p", VHOST, "name", "policy", "--formatter", "json"))
+    policies = json.loads(node.ctl("list_policies", "-p", VHOST, "--formatter", "json"))
+    definitions = {policy["name"]: json.loads(policy["definition"]) for policy in policies}
+    applied = {row["name"]: definitions[row["policy"]] for row in queues if row["policy"]}
+    # then each DLQ has a delivery limit of its own: RabbitMQ 4.x would otherwise give it
+    # the default of 20 and drop a message read more often (3.x refuses -1, "unlimited")
+    for queue in names.WORK_QUEUES:
+        assert applied[names.dlq(queue)]["delivery-limit"] >= 1_000_000
+        assert applied[names.dlq(queue)]["overflow"] == "reject-publish"
+
+
 # -- logging in -----------------------------------------------------------------
 
 
