@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -225,6 +226,31 @@ def test_the_producer_publishes_nowhere_else(
             )
     # then the broker refuses it
     refused(403, text)(caught.value)
+
+
+def test_beat_publishes_its_schedule_as_the_producer_account(
+    node: RabbitNode, database: Any, tmp_path: Path
+) -> None:
+    # given beat connected as the producer account, on a schedule that fires every second
+    env = env_as(
+        url(node, PRODUCER),
+        MAINTENANCE_SCHEDULE="tests.integration.beat_schedules:EVERY_SECOND",
+        BEAT_SCHEDULE_FILE=str(tmp_path / "beat.state"),
+    )
+    beat = WorkerProcess("beat", tmp_path / "beat.log", env, [])
+    try:
+        # when it leads and a slot comes due
+        # then its task reaches the maintenance queue
+        wait_until(lambda: depth(node, names.MAINTENANCE) >= 1, 60, "beat to publish a scheduled task")
+    finally:
+        beat.stop()
+    assert "ACCESS_REFUSED" not in beat.log()
+
+
+def depth(node: RabbitNode, queue: str) -> int:
+    """Ready messages in ``queue``, read as KEDA does (a passive declare as the monitoring account)."""
+    with Connection(url(node, MONITORING)) as connection, connection.channel() as channel:
+        return int(channel.queue_declare(queue, passive=True)[1])
 
 
 # -- the worker and monitoring accounts -----------------------------------------
