@@ -69,6 +69,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "interval_max": 2,
         },
         "task_send_sent_event": True,  # Flower and metrics see publishes
+        "event_exchange": names.EVENTS_EXCHANGE,
         # Off by default (a third of prefork throughput); Flower enables them
         # by broadcast while it runs, WORKER_TASK_EVENTS=true from the start.
         "worker_send_task_events": settings.worker_task_events,
@@ -89,6 +90,12 @@ def create_celery(settings: Settings) -> Celery:
     """Build the fleet's Celery app from settings."""
     app = Celery("magnetiq", include=list(TASK_MODULES), set_as_current=True)
     app.conf.update(celery_config(settings))
+    # send_task publishes each task-sent event through this dispatcher, which
+    # declares the event exchange first (celery/events/dispatcher.py, _publish:
+    # declare=[exchange]) and quietly buffers the event when that is refused. A
+    # producer account may not declare; workers and `magnetiq topology apply`
+    # declare the exchange (routing.topology.EVENTS), so publishing is enough.
+    app.amqp._event_dispatcher.exchange.no_declare = True  # type: ignore[attr-defined]  # not in celery-types
     if settings.signing:
         # Registers the auth serializer (JSON inside) and disables every other
         # unsafe serializer; messages without a trusted signature are refused.

@@ -10,8 +10,10 @@ broker did not confirm.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypedDict, Unpack
 
 from celery.result import AsyncResult
 from kombu import Producer
@@ -19,9 +21,12 @@ from kombu import Producer
 from app import contracts
 from app.celery_app import celery_app
 from app.publisher import PublishError, enqueue_many
+from routing.names import MAX_DELAY_SECONDS
 
 __all__ = [
+    "Delay",
     "PublishError",
+    "delay_seconds",
     "enqueue",
     "enqueue_booking_cancellation",
     "enqueue_booking_confirmation",
@@ -47,6 +52,49 @@ PUBLISH_TIMEOUT = 5.0
 PUBLISH_RETRIES = 3
 
 
+class Delay(TypedDict, total=False):
+    """When a task may start: ``countdown`` seconds from now, or at ``eta``; neither means now."""
+
+    countdown: float | None
+    eta: datetime | None
+
+
+def delay_seconds(countdown: float | None = None, eta: datetime | None = None) -> int | None:
+    """Return the whole seconds a task waits before it may start, or None for at once.
+
+    Native delayed delivery counts in whole seconds and refuses a delay between 0
+    and 1 s (kombu's ``calculate_routing_key``), so a fractional delay is rounded
+    up: a task never starts before it was asked to. An ``eta`` that has passed
+    means at once.
+
+    Raises:
+        ValueError: both are given, ``countdown`` is negative or not a finite number,
+            ``eta`` is not a timezone-aware datetime, or the delay exceeds
+            ``MAX_DELAY_SECONDS`` (2**28 - 1 s, about 8.5 years).
+    """
+    if countdown is not None and eta is not None:
+        raise ValueError("give countdown or eta, not both")
+    if eta is not None:
+        if not isinstance(eta, datetime) or eta.utcoffset() is None:
+            raise ValueError(f"eta must be a timezone-aware datetime, got {eta!r}")
+        seconds = (eta - datetime.now(UTC)).total_seconds()
+    elif countdown is not None:
+        if (
+            isinstance(countdown, bool)
+            or not isinstance(countdown, int | float)
+            or not math.isfinite(countdown)
+        ):
+            raise ValueError(f"countdown must be a number of seconds, got {countdown!r}")
+        if countdown < 0:
+            raise ValueError(f"countdown must not be negative, got {countdown!r}")
+        seconds = countdown
+    else:
+        return None
+    if seconds > MAX_DELAY_SECONDS:
+        raise ValueError(f"a delay of {seconds:.0f}s exceeds native delayed delivery's {MAX_DELAY_SECONDS}s")
+    return math.ceil(seconds) if seconds > 0 else None
+
+
 def publish(
     task_name: str,
     model: type[contracts.Arguments],
@@ -54,6 +102,7 @@ def publish(
     *,
     task_id: str | None = None,
     timeout: float = PUBLISH_TIMEOUT,
+    **delay: Unpack[Delay],
 ) -> AsyncResult[Any]:
     """Validate ``arguments`` and publish ``task_name``; return once the broker confirmed it.
 
@@ -64,9 +113,11 @@ def publish(
         task_id: the id to publish under; a caller that retries after an error
             passes the same id again, so the task runs once whatever the first try did.
         timeout: seconds each confirm wait and each connection attempt may take.
+        **delay: ``countdown`` or ``eta``: when the task may start (see ``delay_seconds``).
 
     Raises:
         contracts.InvalidTaskArguments: the arguments can never be valid.
+        ValueError: ``countdown`` or ``eta`` is not a valid delay; nothing was published.
         kombu.exceptions.OperationalError: the broker could not be reached in time
             (the task may or may not be queued: publish again with the same ``task_id``).
         TimeoutError: the broker did not confirm in time (same advice).
@@ -74,7 +125,7 @@ def publish(
     validated = contracts.validate_arguments(task_name, model, dict(arguments))
     # None is every optional argument's default: leave it out, so messages stay as before.
     kwargs = validated.model_dump(mode="json", exclude_none=True)
-    return send(task_name, kwargs, task_id=task_id, timeout=timeout)
+    return send(task_name, kwargs, task_id=task_id, timeout=timeout, **delay)
 
 
 def send(
@@ -84,23 +135,28 @@ def send(
     task_id: str | None = None,
     timeout: float = PUBLISH_TIMEOUT,
     producer: Producer | None = None,
+    **delay: Unpack[Delay],
 ) -> AsyncResult[Any]:
     """Publish already validated JSON ``kwargs`` with publisher confirms, bounded as ``publish`` is.
 
     Nothing is declared: workers and ``magnetiq topology apply`` own the
-    topology, so a producer needs write access to ``magnetiq.tasks`` alone.
+    topology, so a producer needs write access to ``magnetiq.tasks`` alone (and to
+    ``celery_delayed_27`` for a delayed task: native delayed delivery).
     ``producer`` publishes on a connection of the caller's (its pool by default).
 
     Raises:
+        ValueError: ``countdown`` or ``eta`` is not a valid delay; nothing was published.
         amqp.exceptions.ChannelError: no queue is bound for the task (``NO_ROUTE``;
             run ``magnetiq topology apply``), or the broker refused the publish.
         kombu.exceptions.OperationalError: the broker could not be reached in time.
         TimeoutError: the broker did not confirm in time.
     """
+    countdown = delay_seconds(**delay)
     return celery_app.send_task(
         task_name,
         kwargs=kwargs,
         task_id=task_id,
+        countdown=countdown,
         producer=producer,
         declare=[],
         mandatory=True,  # no queue bound: the broker returns it and this raises, never a silent drop
@@ -116,17 +172,28 @@ def send(
     )
 
 
-def enqueue(task_name: str, model: type[contracts.Arguments], **arguments: Any) -> AsyncResult[Any]:
-    """Validate ``arguments`` against ``model`` and publish ``task_name``.
+def enqueue(
+    task_name: str,
+    model: type[contracts.Arguments],
+    *,
+    countdown: float | None = None,
+    eta: datetime | None = None,
+    **arguments: Any,
+) -> AsyncResult[Any]:
+    """Validate ``arguments`` against ``model`` and publish ``task_name`` (delayed: ``countdown``/``eta``).
 
     Raises:
         contracts.InvalidTaskArguments: the arguments can never be valid.
+        ValueError: ``countdown`` or ``eta`` is not a valid delay.
     """
-    return publish(task_name, model, arguments)
+    return publish(task_name, model, arguments, countdown=countdown, eta=eta)
 
 
 def enqueue_welcome_email(
-    user_email: str, user_name: str, idempotency_key: str | None = None
+    user_email: str,
+    user_name: str,
+    idempotency_key: str | None = None,
+    **delay: Unpack[Delay],
 ) -> AsyncResult[Any]:
     """Queue the welcome email for a new user (sent once per ``idempotency_key``, else per task)."""
     return enqueue(
@@ -135,6 +202,7 @@ def enqueue_welcome_email(
         user_email=user_email,
         user_name=user_name,
         idempotency_key=idempotency_key,
+        **delay,
     )
 
 
@@ -146,6 +214,7 @@ def enqueue_booking_confirmation(
     starts_at: str,
     ends_at: str,
     idempotency_key: str | None = None,
+    **delay: Unpack[Delay],
 ) -> AsyncResult[Any]:
     """Queue a booking confirmation with its ``.ics`` invitation (times: ISO-8601 with offset)."""
     return enqueue(
@@ -158,6 +227,7 @@ def enqueue_booking_confirmation(
         starts_at=starts_at,
         ends_at=ends_at,
         idempotency_key=idempotency_key,
+        **delay,
     )
 
 
@@ -169,6 +239,7 @@ def enqueue_booking_reminder(
     starts_at: str,
     ends_at: str,
     idempotency_key: str | None = None,
+    **delay: Unpack[Delay],
 ) -> AsyncResult[Any]:
     """Queue a reminder of an upcoming booking."""
     return enqueue(
@@ -181,6 +252,7 @@ def enqueue_booking_reminder(
         starts_at=starts_at,
         ends_at=ends_at,
         idempotency_key=idempotency_key,
+        **delay,
     )
 
 
@@ -192,6 +264,7 @@ def enqueue_booking_cancellation(
     starts_at: str,
     reason: str | None = None,
     idempotency_key: str | None = None,
+    **delay: Unpack[Delay],
 ) -> AsyncResult[Any]:
     """Queue a booking cancellation notice."""
     return enqueue(
@@ -204,6 +277,7 @@ def enqueue_booking_cancellation(
         starts_at=starts_at,
         reason=reason,
         idempotency_key=idempotency_key,
+        **delay,
     )
 
 
@@ -214,6 +288,7 @@ def enqueue_booking_expired(
     resource: str,
     starts_at: str,
     idempotency_key: str | None = None,
+    **delay: Unpack[Delay],
 ) -> AsyncResult[Any]:
     """Queue the notice that an unpaid pending booking expired."""
     return enqueue(
@@ -225,11 +300,17 @@ def enqueue_booking_expired(
         resource=resource,
         starts_at=starts_at,
         idempotency_key=idempotency_key,
+        **delay,
     )
 
 
 def enqueue_password_reset(
-    to: str, name: str, reset_url: str, expires_minutes: int, idempotency_key: str | None = None
+    to: str,
+    name: str,
+    reset_url: str,
+    expires_minutes: int,
+    idempotency_key: str | None = None,
+    **delay: Unpack[Delay],
 ) -> AsyncResult[Any]:
     """Queue a password reset email."""
     return enqueue(
@@ -240,16 +321,22 @@ def enqueue_password_reset(
         reset_url=reset_url,
         expires_minutes=expires_minutes,
         idempotency_key=idempotency_key,
+        **delay,
     )
 
 
-def enqueue_process_payment(payment_id: int) -> AsyncResult[Any]:
+def enqueue_process_payment(payment_id: int, **delay: Unpack[Delay]) -> AsyncResult[Any]:
     """Queue processing of a pending payment (idempotent)."""
-    return enqueue(contracts.PROCESS_PAYMENT, contracts.ProcessPaymentArgs, payment_id=payment_id)
+    return enqueue(contracts.PROCESS_PAYMENT, contracts.ProcessPaymentArgs, payment_id=payment_id, **delay)
 
 
 def enqueue_process_booking(
-    reference: str, user_id: int, slot_id: int, amount_cents: int, currency: str = "EUR"
+    reference: str,
+    user_id: int,
+    slot_id: int,
+    amount_cents: int,
+    currency: str = "EUR",
+    **delay: Unpack[Delay],
 ) -> AsyncResult[Any]:
     """Queue a booking: reserve the slot, charge ``amount_cents`` (0: free), confirm, email.
 
@@ -263,21 +350,24 @@ def enqueue_process_booking(
         slot_id=slot_id,
         amount_cents=amount_cents,
         currency=currency,
+        **delay,
     )
 
 
-def enqueue_cancel_booking(booking_id: int, reason: str | None = None) -> AsyncResult[Any]:
+def enqueue_cancel_booking(
+    booking_id: int, reason: str | None = None, **delay: Unpack[Delay]
+) -> AsyncResult[Any]:
     """Queue a cancellation (refund when paid, cancellation email)."""
     return enqueue(
-        contracts.CANCEL_BOOKING, contracts.CancelBookingArgs, booking_id=booking_id, reason=reason
+        contracts.CANCEL_BOOKING, contracts.CancelBookingArgs, booking_id=booking_id, reason=reason, **delay
     )
 
 
-def enqueue_import_bookings(import_id: int) -> AsyncResult[Any]:
+def enqueue_import_bookings(import_id: int, **delay: Unpack[Delay]) -> AsyncResult[Any]:
     """Queue the import of an uploaded CSV stored with ``app.booking.imports.create_import``."""
-    return enqueue(contracts.IMPORT_BOOKINGS, contracts.ImportArgs, import_id=import_id)
+    return enqueue(contracts.IMPORT_BOOKINGS, contracts.ImportArgs, import_id=import_id, **delay)
 
 
-def enqueue_cleanup_old_sessions() -> AsyncResult[Any]:
+def enqueue_cleanup_old_sessions(**delay: Unpack[Delay]) -> AsyncResult[Any]:
     """Queue a session cleanup now (beat also runs it daily)."""
-    return enqueue(contracts.CLEANUP_OLD_SESSIONS, contracts.NoArgs)
+    return enqueue(contracts.CLEANUP_OLD_SESSIONS, contracts.NoArgs, **delay)

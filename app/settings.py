@@ -10,8 +10,23 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: Passwords that must never reach production.
-PLACEHOLDER_SECRETS = frozenset({"guest", "changeme", "change-me", "password", "secret"})
+#: Passwords that must never reach production (compared case-insensitively): the
+#: usual defaults, the manifests' REPLACE_ME and the compose file's dev passwords.
+PLACEHOLDER_SECRETS = frozenset(
+    {
+        "guest",
+        "changeme",
+        "change-me",
+        "password",
+        "secret",
+        "replace_me",
+        "replace-me",
+        "magnetiq-dev",
+        "magnetiq-producer-dev",
+        "magnetiq-worker-dev",
+        "magnetiq-monitoring-dev",
+    }
+)
 
 
 def mask_url(url: str) -> str:
@@ -161,12 +176,22 @@ class Settings(BaseSettings):
                 "set all of TASK_SIGNING_KEY, TASK_SIGNING_CERT, TASK_SIGNING_CERT_STORE, or none"
             )
         if self.magnetiq_env == "prod":
-            broker_password = urlsplit(self.celery_broker_url).password
-            smtp_password = self.smtp_password.get_secret_value() if self.smtp_password else None
-            for name, secret in (("CELERY_BROKER_URL", broker_password), ("SMTP_PASSWORD", smtp_password)):
-                if secret in PLACEHOLDER_SECRETS:
-                    raise ValueError(f"{name} uses a placeholder password; set a real secret in prod")
+            self._refuse_placeholders()
         return self
+
+    def _refuse_placeholders(self) -> None:
+        """Refuse a placeholder password anywhere, and a database URL without one (prod only)."""
+        secrets = {
+            "CELERY_BROKER_URL": urlsplit(self.celery_broker_url).password,
+            "DATABASE_URL": urlsplit(self.database_url).password,
+            "CELERY_RESULT_BACKEND": urlsplit(self.result_backend_url).password,
+            "SMTP_PASSWORD": self.smtp_password.get_secret_value() if self.smtp_password else None,
+        }
+        for name, secret in secrets.items():
+            if not secret and name in {"DATABASE_URL", "CELERY_RESULT_BACKEND"}:
+                raise ValueError(f"{name} has no password; set a real secret in prod")
+            if secret is not None and secret.lower() in PLACEHOLDER_SECRETS:
+                raise ValueError(f"{name} uses a placeholder password; set a real secret in prod")
 
     @property
     def smtp_server(self) -> str:

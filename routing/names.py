@@ -6,6 +6,14 @@ from __future__ import annotations
 TASKS_EXCHANGE = "magnetiq.tasks"
 #: Topic exchange quorum queues dead-letter into.
 DLX_EXCHANGE = "magnetiq.dlx"
+#: Topic exchange of Celery's monitoring events (Celery's ``event_exchange`` default):
+#: producers publish ``task-sent`` there without declaring it.
+EVENTS_EXCHANGE = "celeryev"
+#: The exchange native delayed delivery publishes a delayed task to (kombu's
+#: ``celery_delayed_<level>`` with the highest level, 27: delays of up to 2**28 - 1 s).
+DELAYED_EXCHANGE = "celery_delayed_27"
+#: Longest delay native delayed delivery expresses, in whole seconds (28 bits).
+MAX_DELAY_SECONDS = 2**28 - 1
 
 #: Latency-sensitive, I/O-bound mail work (gevent pool).
 EMAIL = "email"

@@ -15,6 +15,10 @@ PREFIXES: dict[str, str] = {
     # Celery's own result expiry job runs beside the other periodic jobs.
     "celery.backend_cleanup": names.MAINTENANCE,
 }
+#: Queue of Celery's other built-in tasks a producer may publish (``celery.chord_unlock``
+#: for a chord); the same as ``task_default_queue``.
+CELERY_TASKS_QUEUE = names.BOOKING
+CELERY_PREFIX = "celery."
 
 
 def queue_for(task_name: str) -> str | None:
@@ -25,9 +29,19 @@ def queue_for(task_name: str) -> str | None:
     return None
 
 
-def route_task(name: str, args: Any, kwargs: Any, options: Any, **_: Any) -> dict[str, str] | None:
-    """Celery router: pick the queue, exchange and routing key for a task name."""
+def route_task(name: str, args: Any, kwargs: Any, options: Any, **_: Any) -> dict[str, Any] | None:
+    """Celery router: pick the queue, exchange and routing key for a task name.
+
+    The route says ``declare: []``: Celery would otherwise declare the queue, its
+    exchange and binding before each publish (``send_task_message`` in
+    ``celery/app/amqp.py`` declares ``[queue]`` when no ``declare`` is given),
+    which needs configure rights a producer account does not have. Workers and
+    ``magnetiq topology apply`` declare the topology (``routing.topology``). Celery
+    merges the route under the caller's options, so an explicit ``declare`` wins.
+    """
     queue = queue_for(name)
+    if queue is None and name.startswith(CELERY_PREFIX):
+        queue = CELERY_TASKS_QUEUE
     if queue is None:
         return None
     return {
@@ -35,4 +49,5 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, **_: Any) -> dic
         "exchange": names.TASKS_EXCHANGE,
         "exchange_type": "topic",
         "routing_key": names.routing_key(queue, name.rsplit(".", 1)[-1]),
+        "declare": [],
     }

@@ -13,6 +13,9 @@ DELIVERY_LIMITS = {names.EMAIL: 5, names.BOOKING: 3, names.MAINTENANCE: 3}
 
 TASKS = Exchange(names.TASKS_EXCHANGE, type="topic", durable=True)
 DLX = Exchange(names.DLX_EXCHANGE, type="topic", durable=True)
+#: Celery's event exchange, declared as Celery declares it (``celery.events.event``),
+#: so a producer's ``task-sent`` event finds it without configure rights.
+EVENTS = Exchange(names.EVENTS_EXCHANGE, type="topic", durable=True)
 
 
 def _work_queue(name: str) -> Queue:
@@ -64,7 +67,7 @@ def queue_arguments(name: str) -> dict[str, Any]:
 
 
 def declare_topology(connection: Connection) -> list[str]:
-    """Declare both exchanges and every queue with its binding; safe to repeat.
+    """Declare the exchanges and every queue with its binding; safe to repeat.
 
     Args:
         connection: an open kombu connection with configure rights on the vhost.
@@ -74,7 +77,7 @@ def declare_topology(connection: Connection) -> list[str]:
     """
     declared: list[str] = []
     with connection.channel() as channel:
-        for exchange in (TASKS, DLX):
+        for exchange in (TASKS, DLX, EVENTS):
             exchange.bind(channel).declare()
             declared.append(exchange.name)
         for queue in (*TASK_QUEUES, *DEAD_LETTER_QUEUES):

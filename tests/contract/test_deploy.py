@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -17,6 +18,8 @@ import yaml
 
 from app.settings import Settings
 from routing import names
+from routing.accounts import check_password
+from tests.deploy_files import compose, secret_value
 from workers.profiles import PROFILES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +28,8 @@ K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "compose.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 SCHEMAS = ROOT / "tests" / "schemas"
+DEFINITIONS = DEPLOY / "rabbitmq" / "definitions.json"
+DEV_DEFINITIONS = DEPLOY / "rabbitmq" / "definitions.dev.json"
 #: The Kubernetes version the manifests are written for (kubernetes-validate bundles its schemas).
 KUBERNETES_VERSION = "1.30"
 #: KEDA kinds and the vendored CRD of each.
@@ -131,7 +136,7 @@ def test_compose_runs_every_role_of_one_image() -> None:
     configs = yaml.safe_load(COMPOSE.read_text())["configs"]
     assert "rabbitmq_prometheus" in configs["rabbitmq-plugins"]["content"]
     volumes = services["rabbitmq"]["volumes"]
-    assert "./rabbitmq/definitions.json:/etc/rabbitmq/definitions.json:ro" in volumes
+    assert "./rabbitmq/definitions.dev.json:/etc/rabbitmq/definitions.json:ro" in volumes
 
 
 def test_compose_mounts_files_that_exist() -> None:
@@ -294,10 +299,96 @@ def test_configuration_reaches_every_pod() -> None:
     # then together they hold the fixed settings, with secrets only in the Secret
     assert {"CELERY_BROKER_URL", "DATABASE_URL", "SMTP_PASSWORD"} <= set(secret["stringData"])
     assert not {"CELERY_BROKER_URL", "DATABASE_URL", "SMTP_PASSWORD"} & set(config["data"])
-    # and the settings they give are accepted by the fleet (placeholders aside)
-    Settings(**{k.lower(): v for k, v in {**config["data"], **secret["stringData"]}.items()})
+    # and the settings they give are accepted by the fleet once the placeholders are replaced
+    shipped = {k.lower(): v for k, v in {**config["data"], **secret["stringData"]}.items()}
+    Settings(**{k: v.replace("REPLACE_ME", "Zr7-real-Secret") for k, v in shipped.items()})
+    # and refused as shipped: production never starts on a placeholder
+    with pytest.raises(ValueError, match="placeholder password"):
+        Settings(**shipped)
     # and every fleet pod reads both
     for deployment in objects("Deployment").values():
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         refs = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
         assert refs == {"magnetiq-config", "magnetiq-secrets"}
+
+
+# -- broker accounts ----------------------------------------------------------
+
+
+def broker_user(url: str) -> str | None:
+    return urlsplit(url).username
+
+
+def test_each_compose_role_connects_as_its_own_account() -> None:
+    # given the compose services, every default substituted
+    services = compose()["services"]
+    # then workers and Flower (ops: remote control) connect as the worker account
+    for name in [*(f"worker-{profile}" for profile in PROFILES), "flower"]:
+        assert broker_user(services[name]["environment"]["CELERY_BROKER_URL"]) == "magnetiq-worker", name
+    # and beat and the migration job, which publish or touch no queue, as the producer account
+    for name in ("beat", "migrate"):
+        assert broker_user(services[name]["environment"]["CELERY_BROKER_URL"]) == "magnetiq-producer", name
+    # and RabbitMQ loads the definitions that give those accounts their dev passwords
+    assert (
+        "./rabbitmq/definitions.dev.json:/etc/rabbitmq/definitions.json:ro" in services["rabbitmq"]["volumes"]
+    )
+
+
+def test_each_kubernetes_role_connects_as_its_own_account() -> None:
+    # given the shipped Secrets, the beat Deployment and KEDA's authentication
+    beat = objects("Deployment")["beat"]["spec"]["template"]["spec"]["containers"][0]
+    (broker_env,) = [env for env in beat["env"] if env["name"] == "CELERY_BROKER_URL"]
+    (target,) = objects("TriggerAuthentication")["magnetiq-rabbitmq"]["spec"]["secretTargetRef"]
+    # then workers connect as the worker account, beat as the producer, KEDA as monitoring
+    assert broker_user(secret_value("magnetiq-secrets", "CELERY_BROKER_URL")) == "magnetiq-worker"
+    ref = broker_env["valueFrom"]["secretKeyRef"]
+    assert broker_user(secret_value(ref["name"], ref["key"])) == "magnetiq-producer"
+    assert broker_user(secret_value(target["name"], target["key"])) == "magnetiq-monitoring"
+    # and no worker pod sees another account's URL
+    assert not {"RABBITMQ_HOST", "host"} & set(objects("Secret")["magnetiq-secrets"]["stringData"])
+
+
+def compose_broker_urls() -> list[str]:
+    """Every broker URL of the compose file, defaults substituted."""
+    return [
+        value
+        for service in compose()["services"].values()
+        for key, value in (service.get("environment") or {}).items()
+        if key == "CELERY_BROKER_URL"
+    ]
+
+
+def shipped_broker_urls() -> list[str]:
+    """Every broker URL the compose file (defaults substituted) and the Kubernetes Secrets ship."""
+    urls = compose_broker_urls()
+    for secret in objects("Secret").values():
+        urls += [v for v in secret.get("stringData", {}).values() if v.startswith(("amqp://", "amqps://"))]
+    return urls
+
+
+@pytest.mark.parametrize("url", sorted(set(shipped_broker_urls())))
+def test_production_refuses_every_broker_password_the_manifests_ship(url: str) -> None:
+    # given a shipped broker URL (a dev password or a REPLACE_ME placeholder)
+    # when production settings are built with it
+    # then they are refused
+    real_database = "postgresql://magnetiq:Zr7-real-Secret@postgres.internal:5432/magnetiq"
+    with pytest.raises(ValueError, match="CELERY_BROKER_URL uses a placeholder password"):
+        Settings(magnetiq_env="prod", celery_broker_url=url, database_url=real_database)
+
+
+def test_the_dev_definitions_are_the_shipped_ones_with_the_compose_passwords() -> None:
+    # given the shipped definitions (no secret) and the ones compose mounts
+    shipped = json.loads(DEFINITIONS.read_text())
+    dev = json.loads(DEV_DEFINITIONS.read_text())
+    # then they differ in the password hashes alone
+    assert all(user["password_hash"] == "" for user in shipped["users"])
+    stripped = copy.deepcopy(dev)
+    for user in stripped["users"]:
+        user["password_hash"] = ""
+    assert stripped == shipped
+    # and each hash is RabbitMQ's sha256 hash of the password compose connects with
+    passwords = {urlsplit(url).username: urlsplit(url).password for url in compose_broker_urls()}
+    passwords["magnetiq-monitoring"] = "magnetiq-monitoring-dev"  # documented; no compose service uses it
+    for user in dev["users"]:
+        assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+        assert check_password(passwords[user["name"]] or "", user["password_hash"]), user["name"]

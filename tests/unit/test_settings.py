@@ -207,6 +207,7 @@ def test_prod_refuses_placeholder_smtp_password(monkeypatch: pytest.MonkeyPatch)
     # given production with a real broker password but a placeholder SMTP one
     monkeypatch.setenv("MAGNETIQ_ENV", "prod")
     monkeypatch.setenv("CELERY_BROKER_URL", "amqp://fleet:Xk3-real-Secret@rabbit.internal/magnetiq")
+    monkeypatch.setenv("DATABASE_URL", REAL_DATABASE_URL)
     monkeypatch.setenv("SMTP_PASSWORD", "changeme")
 
     # when the settings are built
@@ -219,6 +220,7 @@ def test_prod_accepts_real_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     # given production with real secrets
     monkeypatch.setenv("MAGNETIQ_ENV", "prod")
     monkeypatch.setenv("CELERY_BROKER_URL", "amqps://fleet:Xk3-real-Secret@rabbit.internal/magnetiq")
+    monkeypatch.setenv("DATABASE_URL", REAL_DATABASE_URL)
     monkeypatch.setenv("SMTP_PASSWORD", "Yq9-real-Secret")
 
     # when the settings are built
@@ -226,6 +228,50 @@ def test_prod_accepts_real_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
 
     # then they load
     assert settings.magnetiq_env == "prod"
+
+
+#: A production database URL with a real password.
+REAL_DATABASE_URL = "postgresql://magnetiq:Zr7-real-Secret@postgres.internal:5432/magnetiq"
+REAL_BROKER_URL = "amqps://magnetiq-worker:Xk3-real-Secret@rabbit.internal:5671/magnetiq"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CELERY_BROKER_URL", "amqps://magnetiq-worker:REPLACE_ME@rabbit.internal:5671/magnetiq"),
+        ("CELERY_BROKER_URL", "amqp://magnetiq-producer:magnetiq-producer-dev@rabbitmq:5672/magnetiq"),
+        ("DATABASE_URL", "postgresql://magnetiq:REPLACE_ME@postgres.internal:5432/magnetiq"),
+        ("DATABASE_URL", "postgresql://magnetiq:magnetiq-dev@postgres:5432/magnetiq"),
+        ("CELERY_RESULT_BACKEND", "postgresql://magnetiq:replace_me@postgres.internal:5432/results"),
+        ("SMTP_PASSWORD", "REPLACE_ME"),
+    ],
+)
+def test_prod_refuses_every_placeholder_the_manifests_ship(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    # given production with real secrets but for one placeholder (any case)
+    monkeypatch.setenv("MAGNETIQ_ENV", "prod")
+    monkeypatch.setenv("CELERY_BROKER_URL", REAL_BROKER_URL)
+    monkeypatch.setenv("DATABASE_URL", REAL_DATABASE_URL)
+    monkeypatch.setenv(variable, value)
+    # when the settings are built
+    # then they are refused, naming the variable
+    with pytest.raises(ValidationError, match=f"{variable} uses a placeholder password"):
+        Settings()
+
+
+@pytest.mark.parametrize("variable", ["DATABASE_URL", "CELERY_RESULT_BACKEND"])
+def test_prod_refuses_a_database_url_without_a_password(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    # given production whose database URL names no password
+    monkeypatch.setenv("MAGNETIQ_ENV", "prod")
+    monkeypatch.setenv("CELERY_BROKER_URL", REAL_BROKER_URL)
+    monkeypatch.setenv("DATABASE_URL", REAL_DATABASE_URL)
+    monkeypatch.setenv(variable, "postgresql://magnetiq@postgres.internal:5432/magnetiq")
+    # then the settings are refused
+    with pytest.raises(ValidationError, match=f"{variable} has no password"):
+        Settings()
 
 
 def test_dev_allows_guest_broker_password(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,73 @@
+"""The seed's Celery calls, run in a process of their own as whatever CELERY_BROKER_URL names.
+
+``python -m tests.integration.producer_calls`` publishes each call once and prints
+a JSON object: call name -> the ids of the results to wait for. The broker
+account is the process's, as it would be in a producer service.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import chain, chord, group
+
+from app import producer
+from app.celery_app import celery_app
+from app.contracts import SEND_WELCOME_EMAIL
+from app.tasks.email_tasks import send_welcome_email
+
+#: Seconds every delayed call waits (native delayed delivery counts whole seconds).
+DELAY = 2
+
+
+def welcome(user: str) -> Any:
+    """An immutable welcome-email signature for ``<user>@example.com``."""
+    return send_welcome_email.si(f"{user}@example.com", user.title())
+
+
+def calls(later: datetime) -> dict[str, Callable[[], list[str]]]:
+    """Each call of the seed's API (and the producer helpers): name -> publish, returning result ids.
+
+    The ``eta`` calls ask for ``later``; the ``countdown`` ones for ``DELAY`` seconds.
+    """
+    return {
+        "delay": lambda: [send_welcome_email.delay("ana@example.com", "Ana").id],
+        "countdown": lambda: [send_welcome_email.apply_async(("cd@example.com", "Cd"), countdown=DELAY).id],
+        "eta": lambda: [send_welcome_email.apply_async(("eta@example.com", "Eta"), eta=later).id],
+        "send_task": lambda: [celery_app.send_task(SEND_WELCOME_EMAIL, ("st@example.com", "St")).id],
+        "chain": lambda: [chain(welcome("chain1"), welcome("chain2")).apply_async().id],
+        "group": lambda: [r.id for r in group(welcome("group1"), welcome("group2")).apply_async().results],
+        "chord": lambda: [
+            chord([welcome("chord1"), welcome("chord2")], welcome("chordbody")).apply_async().id
+        ],
+        "enqueue": lambda: [producer.enqueue_welcome_email("enq@example.com", "Enq").id],
+        "enqueue_countdown": lambda: [
+            producer.enqueue_welcome_email("enqcd@example.com", "Enqcd", countdown=DELAY).id
+        ],
+        "enqueue_eta": lambda: [producer.enqueue_welcome_email("enqeta@example.com", "Enqeta", eta=later).id],
+    }
+
+
+def main() -> None:
+    """Publish every call; print call -> result ids (and, if delayed, the earliest start), or its error."""
+    published: dict[str, Any] = {}
+    later = datetime.now(UTC) + timedelta(seconds=DELAY)
+    for name, call in calls(later).items():
+        not_before = None
+        if "countdown" in name:
+            not_before = datetime.now(UTC) + timedelta(seconds=DELAY)
+        elif "eta" in name:
+            not_before = later
+        try:
+            published[name] = {"ids": call(), "not_before": not_before and not_before.isoformat()}
+        except Exception as exc:  # reported per call, so one refusal does not hide the others
+            published[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    celery_app.pool.force_close_all()
+    print(json.dumps(published))  # the test reads it
+
+
+if __name__ == "__main__":
+    main()
