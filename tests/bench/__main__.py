@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from tests.bench.harness import Bench, Drain, measure_drain
 from tests.bench.latency import measure_latency
 from tests.bench.publish import measure_publish
 from tests.bench.store import commit_us, measure_store
+from tests.support.ports import free_port
 from workers.profiles import BOOKING, EMAIL
 
 FLEET = "tests.bench.fleet_app"
@@ -100,13 +100,6 @@ def fleet_argv(profile: str) -> list[str]:
     return {"booking": BOOKING, "email": EMAIL}[profile].argv(app=FLEET, loglevel="WARNING")
 
 
-def free_port() -> str:
-    """A free loopback TCP port for a worker's metrics endpoint."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
-
-
 Measure = Callable[[Bench], "float | Drain | Flow"]
 #: The measurement behind the booking-flow rows (no baseline: an absolute figure).
 BOOKING_FLOW = "fleet booking flow"
@@ -119,7 +112,7 @@ def measurements(size: dict[str, int]) -> dict[str, Measure]:
     plain_booking_banner = plain_argv("prefork", CORES, 1, "booking", banner=True)
     return {
         "fleet booking, results, metrics on": lambda b: measure_drain(
-            b, fleet_booking, "booking", size["fleet"], table="task_results", METRICS_PORT=free_port()
+            b, fleet_booking, "booking", size["fleet"], table="task_results", METRICS_PORT=str(free_port())
         ),
         "fleet booking, results, metrics off": lambda b: measure_drain(
             b, fleet_booking, "booking", size["fleet"], table="task_results", METRICS_PORT="0"
@@ -131,7 +124,7 @@ def measurements(size: dict[str, int]) -> dict[str, Measure]:
             size["fleet"],
             table="task_results",
             ignore_result=True,
-            METRICS_PORT=free_port(),
+            METRICS_PORT=str(free_port()),
         ),
         "plain booking, stock db backend": lambda b: measure_drain(
             b, plain_booking, "booking", size["plain"], table="plain_celery_taskmeta"
@@ -140,7 +133,12 @@ def measurements(size: dict[str, int]) -> dict[str, Measure]:
             b, plain_booking_banner, "booking", size["plain_pooled"], table="plain_celery_taskmeta"
         ),
         "fleet gevent, results": lambda b: measure_drain(
-            b, fleet_argv("email"), "email", size["gevent"], table="task_results", METRICS_PORT=free_port()
+            b,
+            fleet_argv("email"),
+            "email",
+            size["gevent"],
+            table="task_results",
+            METRICS_PORT=str(free_port()),
         ),
         "plain gevent, stock db backend": lambda b: measure_drain(
             b,
@@ -150,7 +148,7 @@ def measurements(size: dict[str, int]) -> dict[str, Measure]:
             table="plain_celery_taskmeta",
         ),
         "fleet email, results": lambda b: measure_email(
-            b, fleet_argv("email"), size["email"], table="task_results", METRICS_PORT=free_port()
+            b, fleet_argv("email"), size["email"], table="task_results", METRICS_PORT=str(free_port())
         ),
         # The most one gevent worker could send with each message held SMTP_DELAY seconds.
         "email concurrency bound": lambda b: EMAIL.effective_concurrency / SMTP_DELAY,

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import text
 
-from tests.bench.harness import ROOT, Bench, read_stamp, wait_for, worker
-from tests.payment_provider import running_provider
+from tests.bench.harness import ROOT, Bench, read_stamp, worker
+from tests.support.payment_provider import running_provider
+from tests.support.waiting import wait_until as wait_for
 
 _PUBLISH = """
 import json, sys

@@ -15,7 +15,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.processes import descendants
+from tests.support.processes import descendants
 
 #: Clock ticks per second of ``/proc/<pid>/stat`` CPU times.
 HZ = os.sysconf("SC_CLK_TCK")

@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 
 from tests.bench.cpu import cpu_since, snapshot
-from tests.bench.harness import ROOT, Bench, Drain, peak_rss_kib, read_stamp, wait_for, worker
-from tests.smtp_server import free_port
+from tests.bench.harness import ROOT, Bench, Drain, read_stamp, worker
+from tests.support.ports import free_port
+from tests.support.processes import peak_rss_kib
+from tests.support.waiting import wait_until as wait_for
 
 #: Seconds the bench SMTP server holds each message.
 SMTP_DELAY = 0.2
@@ -51,7 +53,7 @@ def measure_email(bench: Bench, argv: list[str], n: int, *, table: str, **env: s
     for stamp in (ready, stats):
         stamp.unlink(missing_ok=True)
     port = free_port()
-    server_argv = ["-m", "tests.smtp_server", "--port", str(port), "--delay", str(SMTP_DELAY)]
+    server_argv = ["-m", "tests.support.smtp_server", "--port", str(port), "--delay", str(SMTP_DELAY)]
     server = subprocess.Popen(
         [sys.executable, *server_argv, "--stats", str(stats)],
         cwd=ROOT,
@@ -69,7 +71,7 @@ def measure_email(bench: Bench, argv: list[str], n: int, *, table: str, **env: s
         wait_for(lambda: bench.depth("email")[0] >= n, 120, f"{n} messages on email")
         smtp_env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port), **env}
         with worker(bench, argv, ready, **smtp_env) as proc:
-            started = read_stamp(wait_for(lambda: ready.exists() and ready, 120, "worker ready"))
+            started = read_stamp(wait_for(lambda: ready.exists() and ready, 120, "worker ready", 0.01))
             before = snapshot()
             wait_for(lambda: _accepted(stats)[0] >= n, 900, f"{n} emails at the SMTP server", 0.05)
             finished = _accepted(stats)[1]

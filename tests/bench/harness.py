@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +20,8 @@ from app.settings import sqlalchemy_url
 from routing import declare_topology
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
 from tests.bench.cpu import CpuUse, cpu_since, snapshot
-from tests.processes import descendants
+from tests.support.processes import peak_rss_kib
+from tests.support.waiting import wait_until as wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,16 +89,6 @@ class Bench:
             return int(db.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
-    """Poll until ``predicate`` is truthy; raise after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"bench: timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-    return value
-
-
 def read_stamp(path: Path) -> float:
     """Read a timestamp file written by the bench probes."""
     return float(path.read_text())
@@ -124,20 +114,6 @@ def fill_queue(bench: Bench, n: int, queue: str, sentinel: Path, ignore_result: 
         timeout=600,
     )
     wait_for(lambda: bench.depth(queue)[0] >= n + 1, 120, f"{n + 1} messages on {queue}")
-
-
-def peak_rss_kib(pid: int) -> dict[int, int]:
-    """VmHWM (peak resident set, KiB) of ``pid`` and its descendants, by pid."""
-    peaks: dict[int, int] = {}
-    for current in (pid, *descendants(pid)):
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                peaks[current] = int(line.split()[1])
-    return peaks
 
 
 @contextmanager
@@ -202,7 +178,7 @@ def measure_drain(
         metrics_dir = Path(tempfile.mkdtemp(prefix="metrics-", dir=bench.tmp))
         env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     with worker(bench, argv, ready, **env) as proc:
-        started = read_stamp(wait_for(lambda: ready.exists() and ready, 120, "worker ready"))
+        started = read_stamp(wait_for(lambda: ready.exists() and ready, 120, "worker ready", 0.01))
         before = snapshot()
         finished = read_stamp(wait_for(lambda: done.exists() and done, 900, "the sentinel task", 0.02))
         used = cpu_since(before, proc.pid)

@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.bench.harness import ROOT, Bench, read_stamp, wait_for, worker
+from tests.bench.harness import ROOT, Bench, read_stamp, worker
+from tests.support.waiting import wait_until as wait_for
 
 _PUBLISH = """
 import sys, time, importlib

@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.bench.harness import ROOT, Bench, wait_for
+from tests.bench.harness import ROOT, Bench
+from tests.support.waiting import wait_until as wait_for
 
 #: Unconfirmed messages in flight for the raw py-amqp baseline (as in the anchors).
 RAW_WINDOW = 1000

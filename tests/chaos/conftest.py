@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.services import PostgresCluster, RabbitNode
-from tests.payment_provider import running_provider
+from tests.support.payment_provider import running_provider
+from tests.support.servers import PostgresCluster, RabbitNode
 
 BASE = Path(tempfile.mkdtemp(prefix="magnetiq-chaos-"))
 BASE.chmod(0o755)  # the postgres user runs the private cluster when the tests run as root

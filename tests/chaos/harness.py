@@ -46,11 +46,12 @@ from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
 from tests.chaos import faults
 from tests.chaos.ledger import Execution, charges_per_payment, payment_of, read_executions, store_executions
 from tests.chaos.report import Report, render
-from tests.chaos.services import PostgresCluster, RabbitNode, pid_alive, wait_for
 from tests.chaos.smtp import FaultySmtp
-from tests.payment_provider import Ledger
-from tests.processes import descendants
-from tests.worker_process import WorkerProcess
+from tests.support.payment_provider import Ledger
+from tests.support.processes import descendants, pid_alive
+from tests.support.servers import PostgresCluster, RabbitNode
+from tests.support.waiting import wait_until as wait_for
+from tests.support.worker_process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK_QUEUES = [queue.name for queue in TASK_QUEUES]

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from tests.payment_provider import Ledger
+from tests.support.payment_provider import Ledger
 
 #: The description ``SqlPaymentRepository.process`` gives a payment's charge, before the payment id.
 CHARGE_PREFIX = "payment "

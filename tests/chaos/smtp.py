@@ -10,7 +10,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from tests.chaos.services import free_port
+from tests.support.ports import free_port
 
 
 class FaultySmtp:

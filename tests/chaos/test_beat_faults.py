@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from app import contracts
 from tests.chaos.harness import Chaos, Operation, Worker, beat_role
-from tests.chaos.services import wait_for
+from tests.support.waiting import wait_until as wait_for
 
 #: The beats' lease: a killed leader's standby takes over within about 1⅓ of it.
 LEASE_SECONDS = 4

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tests.chaos.faults import APPLY_UNGUARDED, CHARGE_UNGUARDED, TOUCH_NOTHING
 from tests.chaos.harness import Chaos, Operation
-from tests.chaos.services import wait_for
+from tests.support.waiting import wait_until
 
 
 def test_an_effect_without_an_idempotency_guard_is_counted_twice(chaos: Chaos) -> None:
@@ -88,7 +88,7 @@ def test_executions_during_a_database_outage_are_counted(chaos: Chaos) -> None:
         # when every operation is delivered twice while the database is away
         producer = chaos.produce(operations, copies=2)
         producer.join(60)
-        wait_for(lambda: chaos.executions() >= 20, 60, "20 executions while PostgreSQL is down")
+        wait_until(lambda: chaos.executions() >= 20, 60, "20 executions while PostgreSQL is down")
     finally:
         chaos.postgres.start()
 

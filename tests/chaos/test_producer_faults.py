@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from tests.chaos.harness import ROOT, Chaos
-from tests.chaos.services import wait_for
+from tests.support.waiting import wait_until
 
 
 def test_producer_killed_between_commit_and_publish(chaos: Chaos) -> None:
@@ -23,7 +23,7 @@ def test_producer_killed_between_commit_and_publish(chaos: Chaos) -> None:
     operations = chaos.outbox_operations()
     committed = {o.op for o in operations}
     assert committed == {n for n in range(1, 84) if n % 10}  # rolled-back and never-reached ones absent
-    wait_for(lambda: chaos.published_from_outbox() == len(operations), 60, "the relay to publish every row")
+    wait_until(lambda: chaos.published_from_outbox() == len(operations), 60, "the relay to publish every row")
 
     report = chaos.settle("producer killed after commit (outbox)", operations)
     assert report.succeeded == len(operations)  # 83 itself too: committed, never published by its producer

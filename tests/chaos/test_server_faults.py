@@ -6,7 +6,7 @@ import signal
 import time
 
 from tests.chaos.harness import Chaos, Operation
-from tests.chaos.services import wait_for
+from tests.support.waiting import wait_until
 
 #: Seconds between operations, so the producer is still publishing when the fault lands.
 PACE = 0.05
@@ -16,13 +16,13 @@ RESUME_WITHIN = 30
 
 def midway(chaos: Chaos, operations: list[Operation], published: int, executed: int) -> None:
     """Wait until the producer confirmed ``published`` operations and workers started ``executed``."""
-    wait_for(lambda: chaos.published(operations) >= published, 120, f"{published} confirmed publishes")
-    wait_for(lambda: chaos.executions() >= executed, 120, f"{executed} task executions")
+    wait_until(lambda: chaos.published(operations) >= published, 120, f"{published} confirmed publishes")
+    wait_until(lambda: chaos.executions() >= executed, 120, f"{executed} task executions")
 
 
 def resumed(chaos: Chaos) -> None:
     """Workers consume again within ``RESUME_WITHIN`` seconds."""
-    wait_for(lambda: chaos.consumers("booking") >= 1, RESUME_WITHIN, "the worker to consume again")
+    wait_until(lambda: chaos.consumers("booking") >= 1, RESUME_WITHIN, "the worker to consume again")
 
 
 def test_rabbitmq_stopped_and_started_mid_run(chaos: Chaos) -> None:

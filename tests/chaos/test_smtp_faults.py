@@ -7,15 +7,15 @@ import time
 from app import contracts
 from app.mail.service import message_id
 from tests.chaos.harness import Chaos, Operation, recipient
-from tests.chaos.services import wait_for
 from tests.chaos.smtp import FaultySmtp
+from tests.support.waiting import wait_until
 
 
 def delivered(chaos: Chaos, count: int) -> None:
     """Wait until the SMTP server accepted ``count`` messages."""
     assert chaos.smtp is not None
     smtp = chaos.smtp
-    wait_for(lambda: sum(smtp.delivered.values()) >= count, 120, f"{count} delivered emails")
+    wait_until(lambda: sum(smtp.delivered.values()) >= count, 120, f"{count} delivered emails")
 
 
 def no_addresses_logged(chaos: Chaos) -> None:

@@ -31,7 +31,8 @@ from app.producer import send
 from app.settings import Settings, sqlalchemy_url
 from routing import declare_topology
 from tests.chaos.harness import Worker
-from tests.chaos.services import PostgresCluster, RabbitNode, wait_for
+from tests.support.servers import PostgresCluster, RabbitNode
+from tests.support.waiting import wait_until
 
 DATABASE = "magnetiq"
 
@@ -130,7 +131,7 @@ def test_a_worker_runs_a_task_over_tls(servers: TlsServers, tmp_path: Path) -> N
                 status = db.execute(text("SELECT status FROM task_results WHERE task_id = 'over-tls-1'"))
                 return status.scalar() == "SUCCESS"
 
-        wait_for(done, 90, "the task's result over TLS")
+        wait_until(done, 90, "the task's result over TLS")
         with engine.connect() as db:
             assert db.execute(text("SELECT count(*) FROM sessions")).scalar_one() == 0
             plain = db.execute(

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from tests.chaos.faults import ALWAYS_CRASH, ALWAYS_RAISE
 from tests.chaos.harness import Chaos, Operation
-from tests.chaos.services import wait_for
+from tests.support.waiting import wait_until
 
 
 def progress(chaos: Chaos, executions: int) -> None:
     """Wait until the workers have started ``executions`` tasks in all."""
-    wait_for(lambda: chaos.executions() >= executions, 120, f"{executions} task executions")
+    wait_until(lambda: chaos.executions() >= executions, 120, f"{executions} task executions")
 
 
 def test_kill_9_a_prefork_child_mid_task(chaos: Chaos) -> None:

@@ -19,11 +19,10 @@ import yaml
 from app.settings import Settings
 from routing import names
 from routing.accounts import check_password
-from tests.deploy_files import compose, secret_value
+from tests.support.deploy_files import DEPLOY, compose, secret_value
+from tests.support.paths import ROOT
 from workers.profiles import PROFILES
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "compose.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"

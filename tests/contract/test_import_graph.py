@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
 
 #: Modules a producer (the FastAPI service) must never load by importing app.producer.
 PRODUCER_FORBIDDEN = ("app.tasks", "app.mail", "app.booking", "app.maintenance.service", "workers")
@@ -24,7 +24,7 @@ DOMAIN_PACKAGES = ("app/mail", "app/booking", "app/maintenance")
 def imported_modules(path: Path) -> set[str]:
     """Return the absolute dotted names every import statement in ``path`` refers to."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    package = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts[:-1])
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -45,7 +45,7 @@ def within(module: str, prefixes: tuple[str, ...]) -> bool:
 
 
 def source_files(*folders: str) -> list[Path]:
-    return sorted(path for folder in folders for path in (REPO_ROOT / folder).glob("*.py"))
+    return sorted(path for folder in folders for path in (ROOT / folder).glob("*.py"))
 
 
 def test_importing_the_producer_loads_no_task_domain_or_worker_code() -> None:
@@ -54,7 +54,7 @@ def test_importing_the_producer_loads_no_task_domain_or_worker_code() -> None:
 
     # when it imports app.producer and lists its modules
     completed = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )
 
     # then none of the task, domain or worker modules were loaded

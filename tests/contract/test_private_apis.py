@@ -13,7 +13,6 @@ import inspect
 import re
 import tomllib
 from importlib.metadata import version
-from pathlib import Path
 
 import amqp
 import pytest
@@ -22,13 +21,14 @@ from amqp.channel import Channel
 from celery.worker import loops
 from packaging.specifiers import SpecifierSet
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
+
 #: Distributions whose private APIs the fleet uses, so each needs an upper bound.
 COUPLED = ("celery", "kombu", "amqp")
 
 
 def requirement(name: str) -> SpecifierSet:
-    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     for line in project["dependencies"]:
         match = re.fullmatch(rf"{name}\s*([<>=!~].*)", line)
         if match:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from celery import Task
@@ -19,10 +18,10 @@ from app.maintenance.schedule import SCHEDULE
 from app.tasks.base import FleetTask
 from routing.routes import route_task
 from routing.topology import TASK_QUEUES
+from tests.support.paths import ROOT
 from workers.profiles import PROFILES
 
 QUEUE_NAMES = {queue.name for queue in TASK_QUEUES}
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Task name prefixes that are not the fleet's: Celery's own tasks, and the
 #: ``shared_task`` helpers the pytest-celery plugin registers on every app in
 #: the test process (a clean worker never has them; see the subprocess test).
@@ -55,7 +54,7 @@ def test_clean_worker_registry_equals_the_contract_names() -> None:
 
     # when it lists the registered tasks
     completed = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )
 
     # then the non-celery ones are exactly the contract names

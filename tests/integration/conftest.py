@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from email import message_from_bytes
-from email.message import Message
-from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from kombu import Connection
 from sqlalchemy import text
 
@@ -23,14 +15,13 @@ from app.migrate import upgrade
 from app.schema import metadata
 from app.settings import get_settings
 from routing import declare_topology, names
-from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
-from tests.conftest import TEST_BROKER_URL, TEST_DATABASE_URL
-from tests.payment_provider import Ledger, running_provider
-from tests.smtp_server import ScriptedHandler, ScriptedSmtp
-from tests.worker_process import WorkerProcess
+from tests.support.broker import purge_all, queue_depth
+from tests.support.environment import TEST_BROKER_URL, unavailable, worker_env
+from tests.support.payment_provider import Ledger, shared_provider, stop_shared_provider
+from tests.support.smtp_server import ScriptedHandler, ScriptedSmtp, SmtpSink
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess
 
-ROOT = Path(__file__).resolve().parents[2]
-ALL_QUEUES = [q.name for q in (*TASK_QUEUES, *DEAD_LETTER_QUEUES)]
 #: Every table the migrations create; each integration test starts with them empty.
 TABLES = tuple(table.name for table in metadata.sorted_tables)
 
@@ -42,24 +33,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI runs every integration test; start the service)")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def broker() -> Iterator[Connection]:
     """A kombu connection to the tests' vhost, with the topology declared."""
@@ -67,7 +40,7 @@ def broker() -> Iterator[Connection]:
     try:
         connection.ensure_connection(max_retries=1, timeout=5)
     except Exception as exc:
-        _unavailable(f"RabbitMQ vhost unreachable at {TEST_BROKER_URL} ({exc}); run `make services`")
+        unavailable(f"RabbitMQ vhost unreachable at {TEST_BROKER_URL} ({exc}); run `make services`")
     declare_topology(connection)
     yield connection
     connection.release()
@@ -80,22 +53,8 @@ def database() -> Any:
     try:
         upgrade(get_settings().database_url)
     except ConnectionError as exc:
-        _unavailable(str(exc))
+        unavailable(str(exc))
     return engine_for(get_settings().database_url)
-
-
-def queue_depth(connection: Connection, queue: str) -> tuple[int, int]:
-    """Return (ready messages, consumers) of a queue with a passive declare."""
-    with connection.channel() as channel:
-        _, ready, consumers = channel.queue_declare(queue, passive=True)
-    return ready, consumers
-
-
-def purge_all(connection: Connection) -> None:
-    """Empty every fleet queue."""
-    with connection.channel() as channel:
-        for queue in ALL_QUEUES:
-            channel.queue_purge(queue)
 
 
 @pytest.fixture(autouse=True)
@@ -119,59 +78,17 @@ def clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
     reset()
 
 
-class SmtpSink:
-    """A real SMTP server (aiosmtpd) that keeps what it receives."""
-
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-        self.port = free_port()
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(message_from_bytes(envelope.original_content))
-        return "250 OK"
-
-    def start(self) -> None:
-        self._controller.start()
-
-    def stop(self) -> None:
-        self._controller.stop()
-
-    def wait_for(self, count: int, timeout: float = 30) -> list[Message]:
-        """Wait until at least ``count`` messages arrived."""
-        wait_until(lambda: len(self.messages) >= count, timeout, f"{count} emails")
-        return self.messages
-
-
-_provider_stack = ExitStack()
-_provider: list[tuple[str, Ledger]] = []
-
-
-def shared_provider() -> tuple[str, Ledger]:
-    """The tests' payment provider (real HTTP on loopback), started on first use: (base URL, ledger)."""
-    if not _provider:
-        _provider.append(_provider_stack.enter_context(running_provider()))
-    return _provider[0]
-
-
 @pytest.fixture(scope="session")
 def payment_provider() -> Iterator[tuple[str, Ledger]]:
     """The payment provider every test worker charges (``worker_env`` points them at it)."""
     yield shared_provider()
-    _provider_stack.close()
+    stop_shared_provider()
 
 
 @pytest.fixture
 def ledger(payment_provider: tuple[str, Ledger]) -> Ledger:
     """The payment provider's ledger (emptied before each integration test by ``clean_state``)."""
     return payment_provider[1]
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -188,20 +105,6 @@ def sink(smtp_sink: SmtpSink) -> SmtpSink:
     """The module's SMTP sink, emptied for this test."""
     smtp_sink.messages.clear()
     return smtp_sink
-
-
-def worker_env(**overrides: str) -> dict[str, str]:
-    """The environment a worker process of the tests runs with."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "CELERY_BROKER_URL": TEST_BROKER_URL,
-            "DATABASE_URL": TEST_DATABASE_URL,
-            "PAYMENT_PROVIDER_URL": shared_provider()[0],
-        }
-    )
-    env.update(overrides)
-    return env
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,11 @@ from pathlib import Path
 from kombu import Connection
 
 from routing import names
-from tests.integration.conftest import ROOT, queue_depth, wait_until, worker_env
 from tests.integration.sleep_tasks import INCLUDE
+from tests.support.broker import queue_depth
+from tests.support.environment import worker_env
+from tests.support.paths import ROOT
+from tests.support.waiting import wait_until
 
 
 class SleepWorker:

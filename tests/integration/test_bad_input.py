@@ -14,7 +14,10 @@ from kombu import Connection
 from app import contracts, producer
 from app.contracts import MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES, PayloadTooLarge
 from routing import names
-from tests.integration.conftest import WorkerProcess, queue_depth, wait_until
+from tests.support.broker import queue_depth
+from tests.support.processes import peak_rss_kib
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess
 
 BOOKING_DLQ = names.dlq(names.BOOKING)
 
@@ -97,21 +100,14 @@ def test_the_producer_refuses_a_payload_over_the_cap(broker: Connection) -> None
     assert queue_depth(broker, names.BOOKING)[0] == 0  # nothing was published
 
 
-def peak_rss_kib(pid: int) -> int:
-    """VmHWM (peak resident size) of a process, in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmHWM for {pid}")
-
-
 def test_the_worker_refuses_an_oversized_body_undecoded(
     booking_worker: WorkerProcess, broker: Connection
 ) -> None:
-    before = peak_rss_kib(booking_worker.proc.pid)
+    pid = booking_worker.proc.pid
+    before = peak_rss_kib(pid)[pid]
     body = b'[[], {"payment_id": "' + b"9" * (4 * MAX_MESSAGE_BYTES) + b'"}, {}]'  # ~3 MiB of one string
     raw_publish(broker, body, "application/json", {})
     dead_lettered_and_alive(broker, booking_worker)
     assert "rejected oversized message" in booking_worker.log()
     # Receiving the frame costs its size once; decoding it would cost many times that.
-    assert peak_rss_kib(booking_worker.proc.pid) - before < 3 * len(body) // 1024
+    assert peak_rss_kib(pid)[pid] - before < 3 * len(body) // 1024

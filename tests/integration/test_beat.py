@@ -16,8 +16,11 @@ from sqlalchemy import text
 
 from app.maintenance import runs as beat_runs
 from routing import names
-from tests.integration.conftest import WorkerProcess, free_port, wait_until, worker_env
-from tests.integration.test_cli import magnetiq
+from tests.support.cli import magnetiq
+from tests.support.environment import worker_env
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess
 
 #: Lease of the test beats: long enough that a loaded machine never makes a live leader lose it.
 LEASE_SECONDS = 10

@@ -12,8 +12,8 @@ import pytest
 from kombu import Connection
 
 from tests.bench.__main__ import FIGURES, SIZES, measurements
-from tests.conftest import TEST_BROKER_URL, TEST_DATABASE_URL
-from tests.integration.conftest import ROOT, worker_env
+from tests.support.environment import TEST_BROKER_URL, TEST_DATABASE_URL, worker_env
+from tests.support.paths import ROOT
 
 
 @pytest.fixture

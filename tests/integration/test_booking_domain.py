@@ -30,7 +30,7 @@ from tests.integration.booking_helpers import (
     scalar,
     seed,
 )
-from tests.payment_provider import Ledger
+from tests.support.payment_provider import Ledger
 
 
 @pytest.fixture

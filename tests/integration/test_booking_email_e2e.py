@@ -11,8 +11,10 @@ from icalendar import Calendar
 
 from app import producer
 from tests.integration.booking_helpers import DAY, rows, scalar, seed
-from tests.integration.conftest import SmtpSink, WorkerProcess, wait_until
-from tests.payment_provider import Ledger
+from tests.support.payment_provider import Ledger
+from tests.support.smtp_server import SmtpSink
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess
 
 
 @pytest.fixture(scope="module")

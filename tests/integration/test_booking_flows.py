@@ -44,9 +44,11 @@ from tests.integration.booking_helpers import (
     seed,
     take_messages,
 )
-from tests.integration.conftest import WorkerProcess, queue_depth, wait_until
-from tests.payment_provider import Ledger
-from tests.processes import descendants
+from tests.support.broker import queue_depth
+from tests.support.payment_provider import Ledger
+from tests.support.processes import descendants
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess
 
 CONFIRMATION = "app.tasks.email_tasks.send_booking_confirmation"
 CANCELLATION = "app.tasks.email_tasks.send_booking_cancellation"

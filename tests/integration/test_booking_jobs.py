@@ -22,7 +22,9 @@ from tests.integration.booking_helpers import (
     scalar,
     seed,
 )
-from tests.integration.conftest import SmtpSink, WorkerProcess, wait_until
+from tests.support.smtp_server import SmtpSink
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess
 
 
 @pytest.fixture(scope="module")

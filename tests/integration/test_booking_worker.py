@@ -15,8 +15,10 @@ from app.booking.repository import PaymentNotFound
 from app.contracts import InvalidTaskArguments
 from app.tasks.booking_tasks import process_payment
 from routing import names
-from tests.integration.conftest import WorkerProcess, queue_depth, wait_until
-from tests.payment_provider import Ledger
+from tests.support.broker import queue_depth
+from tests.support.payment_provider import Ledger
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess
 
 
 @pytest.fixture(scope="module")

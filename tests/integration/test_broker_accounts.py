@@ -23,10 +23,12 @@ from kombu import Connection
 
 from app.celery_app import celery_app
 from routing import declare_topology, names
-from tests.chaos.services import RABBITMQ_BIN, RabbitNode
-from tests.conftest import TEST_DATABASE_URL
-from tests.integration.conftest import ROOT, SmtpSink, _unavailable, wait_until
-from tests.worker_process import WorkerProcess
+from tests.support.environment import TEST_DATABASE_URL, unavailable
+from tests.support.paths import ROOT
+from tests.support.servers import RABBITMQ_BIN, RabbitNode
+from tests.support.smtp_server import SmtpSink
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess
 
 DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
 VHOST = "magnetiq"
@@ -59,7 +61,7 @@ def url(node: RabbitNode, user: str) -> str:
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
     """A private node: shipped definitions imported, passwords set, topology declared by the worker."""
     if not (RABBITMQ_BIN / "rabbitmq-server").exists():
-        _unavailable("the broker-account tests need rabbitmq-server (Debian package rabbitmq-server)")
+        unavailable("the broker-account tests need rabbitmq-server (Debian package rabbitmq-server)")
     rabbit = RabbitNode(tmp_path_factory.mktemp("accounts") / "rabbitmq", name="accounts")
     try:
         rabbit.start()

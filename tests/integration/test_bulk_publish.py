@@ -18,8 +18,9 @@ from app import contracts, producer
 from app.celery_app import celery_app
 from routing import names, routes
 from routing.topology import TASK_QUEUES, TASKS
-from tests.conftest import TEST_BROKER_URL
-from tests.integration.conftest import WorkerProcess, queue_depth
+from tests.support.broker import queue_depth
+from tests.support.environment import TEST_BROKER_URL
+from tests.support.worker_process import WorkerProcess
 
 
 def welcome_calls(count: int) -> list[dict[str, Any]]:

@@ -15,20 +15,14 @@ from sqlalchemy import create_engine, make_url, text
 
 from app.tasks.email_tasks import send_welcome_email
 from routing import names
-from tests.integration.conftest import ROOT, free_port, queue_depth, wait_until, worker_env
-from tests.processes import descendants
-
-
-def magnetiq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args],
-        cwd=ROOT,
-        env=worker_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.support.broker import queue_depth
+from tests.support.cli import magnetiq
+from tests.support.environment import worker_env
+from tests.support.paths import ROOT
+from tests.support.ports import free_port
+from tests.support.processes import descendants
+from tests.support.processes import pid_alive as _alive
+from tests.support.waiting import wait_until
 
 
 def test_topology_check_reports_every_queue(broker: Connection) -> None:
@@ -82,14 +76,6 @@ def test_db_upgrade_creates_a_missing_database(database: Any) -> None:
         with admin.connect() as db:
             db.exec_driver_sql(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
         admin.dispose()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.mark.slow

@@ -23,9 +23,11 @@ from kombu import Connection
 from app import contracts
 from app.producer import send
 from routing import declare_topology, names
-from tests.chaos.services import RABBITMQ_BIN, RabbitNode, free_port
-from tests.deploy_files import DEPLOY, ROOT, compose, compose_environment, k8s_objects, secret_value
-from tests.integration.conftest import _unavailable
+from tests.support.deploy_files import DEPLOY, compose, compose_environment, k8s_objects, secret_value
+from tests.support.environment import unavailable
+from tests.support.paths import ROOT
+from tests.support.ports import free_port
+from tests.support.servers import RABBITMQ_BIN, RabbitNode
 
 #: What replaces each REPLACE_ME, as an operator would.
 K8S_PASSWORD = "Zr7-real-Secret"
@@ -42,7 +44,7 @@ def local(url: str, node: RabbitNode) -> str:
 def private_node(tmp_path: Path) -> Iterator[RabbitNode]:
     """A private node, not started: the test configures it first."""
     if not (RABBITMQ_BIN / "rabbitmq-server").exists():
-        _unavailable("the deploy-account tests need rabbitmq-server (Debian package rabbitmq-server)")
+        unavailable("the deploy-account tests need rabbitmq-server (Debian package rabbitmq-server)")
     node = RabbitNode(tmp_path / "rabbitmq", name="deploy")
     yield node
     node.stop()

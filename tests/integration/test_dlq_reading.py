@@ -23,9 +23,11 @@ from kombu import Connection, Exchange, Producer
 from app.celery_app import celery_app
 from app.contracts import REPORT_DEAD_LETTERS
 from routing import names
-from tests.conftest import TEST_BROKER_URL
-from tests.integration.conftest import WorkerProcess, queue_depth, wait_until
-from tests.integration.test_cli import magnetiq
+from tests.support.broker import queue_depth
+from tests.support.cli import magnetiq
+from tests.support.environment import TEST_BROKER_URL
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess
 
 #: AMQP 0-9-1 class and method ids (``amqp.spec``) of the methods the test looks for.
 BASIC_REJECT = (60, 90)

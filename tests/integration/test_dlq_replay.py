@@ -16,7 +16,9 @@ from app import producer
 from app.booking.repository import PaymentNotFound
 from app.celery_app import celery_app
 from routing import names
-from tests.integration.conftest import WorkerProcess, queue_depth, wait_until
+from tests.support.broker import queue_depth
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess
 from workers.cli import main
 
 PAYMENT_ID = 424_242

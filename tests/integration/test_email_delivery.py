@@ -23,9 +23,11 @@ from app.mail.service import message_id
 from app.mail.smtp import SmtpPermanentError
 from app.tasks.email_tasks import send_booking_confirmation, send_welcome_email
 from routing import names
-from tests.integration.conftest import WorkerProcess, queue_depth, wait_until
 from tests.integration.sent_mark_refusal import refusing_sent_marks
-from tests.smtp_server import ScriptedHandler, ScriptedSmtp
+from tests.support.broker import queue_depth
+from tests.support.smtp_server import ScriptedHandler, ScriptedSmtp
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess
 
 START, END = "2026-12-01T10:00:00+01:00", "2026-12-01T11:30:00+01:00"
 BOOKING = {"booking_ref": "BK-42", "resource": "Studio A", "starts_at": START}

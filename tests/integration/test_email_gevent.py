@@ -7,9 +7,9 @@ import subprocess
 import sys
 from typing import Any
 
-from tests.conftest import TEST_DATABASE_URL
-from tests.integration.conftest import ROOT, worker_env
-from tests.smtp_server import ScriptedSmtp
+from tests.support.environment import TEST_DATABASE_URL, worker_env
+from tests.support.paths import ROOT
+from tests.support.smtp_server import ScriptedSmtp
 
 
 def test_hundred_greenlets_send_at_once_and_never_block_the_hub(database: Any) -> None:

@@ -15,8 +15,10 @@ from app.mail.service import message_id
 from app.mail.smtp import SmtpTransientError
 from app.tasks.email_tasks import send_welcome_email
 from routing import names
-from tests.integration.conftest import WorkerProcess, queue_depth, wait_until
-from tests.smtp_server import ScriptedHandler, ScriptedSmtp
+from tests.support.broker import queue_depth
+from tests.support.smtp_server import ScriptedHandler, ScriptedSmtp
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess
 
 MAX_RETRIES = 2
 MAX_CONNECTIONS = 3

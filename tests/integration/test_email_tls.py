@@ -16,7 +16,8 @@ from aiosmtpd.controller import Controller
 from app import producer
 from app.mail.service import build_message
 from app.mail.smtp import AioSmtpSender, SmtpConfig, SmtpPermanentError, SmtpTransientError
-from tests.integration.conftest import WorkerProcess, free_port
+from tests.support.ports import free_port
+from tests.support.worker_process import WorkerProcess
 
 
 class TlsSink:

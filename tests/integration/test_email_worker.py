@@ -14,7 +14,10 @@ from app import producer
 from app.contracts import InvalidTaskArguments
 from app.tasks.email_tasks import send_welcome_email
 from routing import names
-from tests.integration.conftest import SmtpSink, WorkerProcess, queue_depth, wait_until
+from tests.support.broker import queue_depth
+from tests.support.smtp_server import SmtpSink
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess
 
 
 @pytest.fixture(scope="module")

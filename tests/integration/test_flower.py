@@ -13,8 +13,11 @@ from typing import Any
 import pytest
 
 from app.tasks.booking_tasks import process_payment
-from tests.integration.conftest import ROOT, WorkerProcess, free_port, wait_until, worker_env
-from tests.worker_process import terminate
+from tests.support.environment import worker_env
+from tests.support.paths import ROOT
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess, terminate
 
 
 def _get(url: str) -> Any:

@@ -6,7 +6,7 @@ import time
 
 from kombu import Connection
 
-from tests.conftest import TEST_BROKER_URL
+from tests.support.environment import TEST_BROKER_URL
 from workers.consumer import EVENT_DRAIN_SECONDS, _drain_event_connection
 
 TURNS = 20

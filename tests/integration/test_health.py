@@ -14,8 +14,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import TEST_BROKER_URL
-from tests.integration.conftest import ROOT, WorkerProcess, wait_until, worker_env
+from tests.support.environment import TEST_BROKER_URL, worker_env
+from tests.support.paths import ROOT
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess
 
 
 def probe(kind: str, profile: str, health_dir: Path, max_age: float = 60) -> subprocess.CompletedProcess[str]:

@@ -19,8 +19,11 @@ from app.maintenance import runs as beat_runs
 from app.maintenance.service import cleanup_old_sessions
 from app.tasks.maintenance import cleanup_old_sessions as cleanup_task
 from routing import names
-from tests.integration.conftest import WorkerProcess, free_port, queue_depth, wait_until
-from tests.integration.test_cli import magnetiq
+from tests.support.broker import queue_depth
+from tests.support.cli import magnetiq
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess
 
 
 def _sessions(database: Any, old: int, fresh: int, prefix: str = "") -> None:

@@ -26,7 +26,10 @@ from kombu import Connection
 from app.celery_app import celery_app
 from app.settings import get_settings
 from routing import declare_topology, names
-from tests.integration.conftest import ROOT, _unavailable, free_port, wait_until
+from tests.support.environment import unavailable
+from tests.support.paths import ROOT
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 from workers.cli import main
 from workers.queue_stats import ManagementAPI
 
@@ -40,7 +43,7 @@ pytestmark = pytest.mark.slow
 def management_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A RabbitMQ node with the management plugin; yields (AMQP URL, management URL)."""
     if not RABBITMQ_SERVER.exists():
-        _unavailable(f"{RABBITMQ_SERVER} missing: install rabbitmq-server")
+        unavailable(f"{RABBITMQ_SERVER} missing: install rabbitmq-server")
     base = tmp_path_factory.mktemp("rabbitmq")
     amqp_port, http_port = free_port(), free_port()
     (base / "enabled_plugins").write_text("[rabbitmq_management].\n")

@@ -20,7 +20,10 @@ from app.celery_app import celery_app
 from app.tasks.booking_tasks import process_payment
 from app.tasks.email_tasks import send_welcome_email
 from routing import names, topology
-from tests.integration.conftest import SmtpSink, WorkerProcess, free_port, wait_until
+from tests.support.ports import free_port
+from tests.support.smtp_server import SmtpSink
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess
 from workers import metrics
 
 PAYMENT = "app.tasks.booking_tasks.process_payment"

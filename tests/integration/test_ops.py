@@ -13,7 +13,10 @@ from app import producer
 from app.celery_app import celery_app
 from app.settings import get_settings
 from routing import declare_topology, names
-from tests.integration.conftest import WorkerProcess, free_port, queue_depth, wait_until
+from tests.support.broker import queue_depth
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess
 from workers.cli import main
 from workers.dead_letters import REPLAYS_HEADER
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from app import contracts, outbox
 from app.schema import task_outbox
 from routing import declare_topology, names
-from tests.integration.conftest import queue_depth
+from tests.support.broker import queue_depth
 
 
 class Abort(Exception):

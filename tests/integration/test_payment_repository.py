@@ -19,8 +19,8 @@ from app.booking.repository import PaymentNotFound, SqlPaymentRepository
 from app.booking.service import ALREADY_PROCESSED, process_payment
 from app.tasks import booking_tasks, resources
 from tests.integration.booking_helpers import rows, scalar
-from tests.integration.conftest import wait_until
-from tests.payment_provider import Ledger
+from tests.support.payment_provider import Ledger
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture

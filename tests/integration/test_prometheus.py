@@ -17,8 +17,11 @@ from prometheus_client.metrics import MetricWrapperBase
 from sqlalchemy import text
 
 from app.tasks.booking_tasks import process_payment
-from tests.integration.conftest import ROOT, WorkerProcess, _unavailable, free_port, wait_until
-from tests.worker_process import terminate
+from tests.support.environment import unavailable
+from tests.support.paths import ROOT
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess, terminate
 from workers import metrics
 
 PROMTOOL = Path("/usr/bin/promtool")
@@ -54,7 +57,7 @@ def rules(path: Path) -> list[dict[str, Any]]:
 def tool(path: Path) -> Path:
     """Return ``path`` if it is installed, else skip (fail under CI)."""
     if not path.exists():
-        _unavailable(f"{path} missing: `apt-get install prometheus` (Debian's 2.42 package)")
+        unavailable(f"{path} missing: `apt-get install prometheus` (Debian's 2.42 package)")
     return path
 
 

@@ -15,9 +15,10 @@ from kombu import Connection
 
 from app.celery_app import celery_app
 from routing import names
-from tests.integration.conftest import queue_depth, wait_until
 from tests.integration.sleep_tasks import SLEEP
 from tests.integration.sleep_workers import SleepWorker
+from tests.support.broker import queue_depth
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

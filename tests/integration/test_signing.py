@@ -15,7 +15,11 @@ from sqlalchemy import text
 from app import producer
 from app.settings import Settings
 from routing import names
-from tests.integration.conftest import ROOT, WorkerProcess, queue_depth, wait_until, worker_env
+from tests.support.broker import queue_depth
+from tests.support.environment import worker_env
+from tests.support.paths import ROOT
+from tests.support.waiting import wait_until
+from tests.support.worker_process import WorkerProcess
 
 
 @pytest.fixture(scope="module")

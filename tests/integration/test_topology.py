@@ -8,7 +8,8 @@ from kombu import Connection, Queue
 
 from routing import declare_topology, names
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES, queue_arguments
-from tests.integration.conftest import queue_depth, wait_until
+from tests.support.broker import queue_depth
+from tests.support.waiting import wait_until
 
 
 def _redeclare(connection: Connection, name: str, arguments: dict[str, object]) -> None:

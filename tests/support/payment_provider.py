@@ -13,7 +13,7 @@ import csv
 import json
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -143,3 +143,24 @@ def running_provider() -> Iterator[tuple[str, Ledger]]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+_shared_stack = ExitStack()
+_shared: list[tuple[str, Ledger]] = []
+
+
+def shared_provider() -> tuple[str, Ledger]:
+    """The tests' payment provider (real HTTP on loopback), started on first use: (base URL, ledger).
+
+    One per process: the ``payment_provider`` fixture and ``worker_env`` (which
+    points worker processes at it) both hand out this one.
+    """
+    if not _shared:
+        _shared.append(_shared_stack.enter_context(running_provider()))
+    return _shared[0]
+
+
+def stop_shared_provider() -> None:
+    """Stop the shared provider (the next ``shared_provider()`` starts a fresh one)."""
+    _shared_stack.close()
+    _shared.clear()

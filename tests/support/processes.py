@@ -1,4 +1,4 @@
-"""The process tree under a pid, from ``/proc``: to stop, kill and measure what a test started."""
+"""Processes a test started, read from ``/proc``: their tree, whether one lives, its peak memory."""
 
 from __future__ import annotations
 
@@ -25,3 +25,26 @@ def descendants(pid: int) -> list[int]:
         result += kids
         pending += kids
     return result
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def peak_rss_kib(pid: int) -> dict[int, int]:
+    """VmHWM (peak resident set, KiB) of ``pid`` and its descendants, by pid (processes gone are left out)."""
+    peaks: dict[int, int] = {}
+    for current in (pid, *descendants(pid)):
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peaks[current] = int(line.split()[1])
+    return peaks

@@ -1,4 +1,4 @@
-"""Private RabbitMQ and PostgreSQL servers for the fault harness, on ports of their own.
+"""Private RabbitMQ and PostgreSQL servers (fault harness, broker accounts), on ports of their own.
 
 Each server runs from a temporary directory, under its own node name or data
 directory, and is stopped, killed, frozen or restarted only through the process
@@ -13,49 +13,18 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import time
-from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
-from tests.processes import children as direct_children
+from tests.support.ports import free_port, port_open
+from tests.support.processes import children as direct_children
+from tests.support.processes import pid_alive
+from tests.support.waiting import wait_until
 
 #: Where Debian keeps RabbitMQ's own scripts (the /usr/sbin wrappers switch to the rabbitmq user).
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(port: int) -> bool:
-    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll ``predicate`` every 0.2 s until it returns something true or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
 
 
 class RabbitNode:
@@ -132,11 +101,11 @@ class RabbitNode:
             start_new_session=True,
         )
         log.close()
-        wait_for(
+        wait_until(
             lambda: self._exited_early() or (pid_file.exists() and pid_file.read_text().strip()), 60, "pid"
         )
         self.pid = int(pid_file.read_text().strip())
-        wait_for(lambda: self._exited_early() or port_open(self.port), timeout, "RabbitMQ to listen")
+        wait_until(lambda: self._exited_early() or port_open(self.port), timeout, "RabbitMQ to listen")
         self.ctl("await_startup", "--timeout", str(int(timeout)))
         return time.monotonic() - started
 
@@ -183,7 +152,7 @@ class RabbitNode:
         assert self.pid is not None
         pid = self.pid
         self.signal(signal.SIGKILL)
-        wait_for(lambda: not pid_alive(pid), 30, "RabbitMQ to die")
+        wait_until(lambda: not pid_alive(pid), 30, "RabbitMQ to die")
         self._reap()
         self.pid = None
 
@@ -196,7 +165,7 @@ class RabbitNode:
             os.kill(pid, signal.SIGCONT)
             os.kill(pid, signal.SIGTERM)
         try:
-            wait_for(lambda: not pid_alive(pid), 30, "RabbitMQ to stop")
+            wait_until(lambda: not pid_alive(pid), 30, "RabbitMQ to stop")
         except TimeoutError:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -281,7 +250,7 @@ class PostgresCluster:
         for child in children:
             with suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
-        wait_for(
+        wait_until(
             lambda: not pid_alive(pid) and not any(pid_alive(c) for c in children), 30, "PostgreSQL to die"
         )
         # An unreaped zombie still answers kill(pid, 0), which PostgreSQL takes for a live postmaster.

@@ -1,9 +1,11 @@
-"""A real SMTP server (aiosmtpd) whose replies a test scripts: accept, 4xx, 5xx, delay, drop.
+"""Real SMTP servers (aiosmtpd) for the tests: one whose replies a test scripts, and a plain sink.
 
-Used by the integration tests in-process (``ScriptedSmtp``) and by the bench as
-a process of its own (``python -m tests.smtp_server --port P --delay 0.2``).
-Each DATA takes the next planned action (then ``default``); the server counts
-connections, attempts and the peak number of messages it held at once.
+``ScriptedSmtp`` answers as planned: accept, 4xx, 5xx, delay, drop. The tests run
+it in-process, the bench as a process of its own
+(``python -m tests.support.smtp_server --port P --delay 0.2``). Each DATA takes
+the next planned action (then ``default``); the server counts connections,
+attempts and the peak number of messages it held at once. ``SmtpSink`` accepts
+everything and keeps it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import threading
 import time
 from email import message_from_bytes
@@ -22,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 #: Actions: a reply code to answer with, "accept" (250), or "drop" (close the
 #: connection after the message arrived, before replying: the one case where
@@ -126,11 +130,28 @@ class ScriptedSmtp:
         self._controller.stop()
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class SmtpSink:
+    """A real SMTP server (aiosmtpd) that accepts everything and keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.port = free_port()
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(message_from_bytes(envelope.original_content))
+        return "250 OK"
+
+    def start(self) -> None:
+        self._controller.start()
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    def wait_for(self, count: int, timeout: float = 30) -> list[Message]:
+        """Wait until at least ``count`` messages arrived."""
+        wait_until(lambda: len(self.messages) >= count, timeout, f"{count} emails")
+        return self.messages
 
 
 def main() -> None:

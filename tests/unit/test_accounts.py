@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from routing.accounts import check_password, main, parse_assignment, password_hash, with_passwords
+from tests.support.deploy_files import DEPLOY
 
-DEFINITIONS = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
+DEFINITIONS = DEPLOY / "rabbitmq" / "definitions.json"
 
 
 def test_the_hash_is_rabbitmqs_sha256_hash() -> None:

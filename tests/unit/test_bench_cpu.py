@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from tests.bench.cpu import HZ, Snapshot, cpu_since, cpu_use, snapshot
-from tests.processes import descendants
+from tests.support.processes import descendants
 
 WORKER = 100
 #: A child that burns CPU, says so, then waits for its stdin to close.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,16 +15,10 @@ from aiosmtpd.controller import Controller
 from app.mail.bridge import AsyncioBridge
 from app.mail.service import build_message
 from app.mail.smtp import AioSmtpSender, SmtpConfig, SmtpPermanentError, SmtpTransientError
-from tests.smtp_server import ScriptedSmtp
+from tests.support.ports import free_port
+from tests.support.smtp_server import ScriptedSmtp
 
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    """Return a TCP port on loopback nobody listens on (right now)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
 
 
 class RecordingHandler:
@@ -164,7 +157,7 @@ def test_refused_recipient_error_carries_no_address(serve: Any, bridge: AsyncioB
 
 @pytest.fixture
 def scripted() -> Iterator[Any]:
-    """Start scripted SMTP servers (tests.smtp_server); stop them after the test."""
+    """Start scripted SMTP servers (tests.support.smtp_server); stop them after the test."""
     servers: list[ScriptedSmtp] = []
 
     def start(delay: float = 0.0) -> ScriptedSmtp:

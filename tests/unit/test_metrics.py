@@ -34,7 +34,7 @@ from app.mail.service import build_message
 from app.mail.smtp import AioSmtpSender, SmtpConfig, SmtpPermanentError, SmtpTransientError
 from app.settings import Settings
 from app.tasks import resources
-from tests.integration.conftest import free_port
+from tests.support.ports import free_port
 from workers import metrics
 from workers import signals as worker_signals
 

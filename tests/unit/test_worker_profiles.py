@@ -12,10 +12,9 @@ import pytest
 import workers.__main__ as workers_main
 from app.settings import Settings
 from routing import names
+from tests.support.paths import ROOT
 from workers.__main__ import build_argv, main
 from workers.profiles import PROFILES
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: Expected (queues, pool, concurrency, prefetch multiplier) per profile.
 EXPECTED = {
@@ -133,7 +132,7 @@ def test_module_print_in_a_subprocess() -> None:
     # when `python -m workers email --print` runs
     completed = subprocess.run(
         [sys.executable, "-m", "workers", "email", "--print"],
-        cwd=REPO_ROOT,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=30,
