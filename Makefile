@@ -78,7 +78,7 @@ beat: $(STAMP) ## Run the beat scheduler
 
 BENCH_VHOST ?= magnetiq_bench
 REPS ?= 1
-bench: $(STAMP) ## Fleet vs plain Celery, side by side (table of ratios); REPS=3 for medians of three
+bench: $(STAMP) ## Fleet vs plain Celery and the seed's Redis setup (table of ratios, appended to tests/bench/RESULTS.md); REPS=3 for medians
 	@command -v rabbitmqctl >/dev/null && { \
 	  rabbitmqctl -q list_vhosts 2>/dev/null | grep -qx '$(BENCH_VHOST)' || rabbitmqctl -q add_vhost '$(BENCH_VHOST)'; \
 	  rabbitmqctl -q set_permissions -p '$(BENCH_VHOST)' guest '.*' '.*' '.*'; } || true

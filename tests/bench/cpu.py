@@ -1,4 +1,4 @@
-"""Where a drain's CPU went: the worker's main process, its children, RabbitMQ, PostgreSQL.
+"""Where a drain's CPU went: the worker's main process, its children, RabbitMQ, PostgreSQL, Redis.
 
 Read from ``/proc`` at the start and end of the measured phase, as the
 reference measurements do. It tells a CPU-bound drain (the machine's cores
@@ -20,8 +20,8 @@ from tests.support.processes import descendants
 #: Clock ticks per second of ``/proc/<pid>/stat`` CPU times.
 HZ = os.sysconf("SC_CLK_TCK")
 #: Groups reported, in table order (pid tree roots or process names).
-GROUPS = ("worker main", "worker children", "RabbitMQ", "PostgreSQL")
-_NAMES = {"beam.smp": "RabbitMQ", "postgres": "PostgreSQL"}
+GROUPS = ("worker main", "worker children", "RabbitMQ", "PostgreSQL", "Redis")
+_NAMES = {"beam.smp": "RabbitMQ", "postgres": "PostgreSQL", "redis-server": "Redis"}
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ from app.settings import sqlalchemy_url
 from routing import declare_topology
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
 from tests.bench.cpu import CpuUse, cpu_since, snapshot
+from tests.bench.results import RedisResults, Results, TableResults, check_results
 from tests.support.processes import peak_rss_kib
 from tests.support.waiting import wait_until as wait_for
 
@@ -32,6 +33,8 @@ class Bench:
 
     broker_url: str
     database_url: str
+    #: A Redis database of the bench's own: the seed's broker and result backend.
+    redis_url: str
     tmp: Path
     log: Callable[[str], None] = print
     _engine: Any = field(default=None, repr=False)
@@ -42,6 +45,7 @@ class Bench:
         env.update(
             CELERY_BROKER_URL=self.broker_url,
             DATABASE_URL=self.database_url,
+            BENCH_REDIS_URL=self.redis_url,
             LOG_LEVEL="WARNING",
             METRICS_PORT="0",
             PYTHONPATH=str(ROOT),
@@ -88,32 +92,82 @@ class Bench:
                 return 0
             return int(db.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
 
+    def rabbit(self, app: str, queue: str, table: str) -> Target:
+        """A drain on the bench vhost's ``queue``, published by ``app``, results in ``table``."""
+        return Target(
+            app=app,
+            queue=queue,
+            routing_key=f"{queue}.bench",
+            results=TableResults(self.engine(), table),
+            depth=lambda: self.depth(queue)[0],
+        )
+
+    def seed(self) -> Target:
+        """A drain on the seed's setup: its default queue and its results, in the bench's Redis database."""
+        results = RedisResults(self.redis_url)
+        return Target(
+            app="tests.bench.seed_app",
+            queue="celery",
+            routing_key=None,
+            results=results,
+            depth=lambda: results.depth("celery"),
+            # Celery reads CELERY_BROKER_URL before the app's own broker argument.
+            env={"CELERY_BROKER_URL": self.redis_url},
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a drain publishes to and where its worker stores results."""
+
+    #: Module whose ``celery_app`` publishes the tasks.
+    app: str
+    queue: str
+    #: None: the queue's own (the seed publishes to its default queue as it is).
+    routing_key: str | None
+    results: Results
+    #: Messages ready on ``queue``.
+    depth: Callable[[], int]
+    #: Environment for the publisher and the worker, over ``Bench.env``.
+    env: Mapping[str, str] = field(default_factory=dict)
+
 
 def read_stamp(path: Path) -> float:
     """Read a timestamp file written by the bench probes."""
     return float(path.read_text())
 
 
-def fill_queue(bench: Bench, n: int, queue: str, sentinel: Path, ignore_result: bool = False) -> None:
-    """Publish ``n`` bench.noop tasks and one sentinel to ``queue`` in a subprocess."""
-    script = (
-        "import sys; from tests.bench.plain_app import celery_app as a\n"
-        "n, q, s, ign = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == '1'\n"
-        "rk = q + '.bench'\n"
-        "with a.producer_or_acquire() as p:\n"
-        "    for i in range(n):\n"
-        "        a.send_task('bench.noop', args=(i,), queue=q, routing_key=rk, producer=p,\n"
-        "                    ignore_result=ign)\n"
-        "    a.send_task('bench.sentinel', args=(s,), queue=q, routing_key=rk, producer=p)\n"
-    )
-    subprocess.run(
-        [sys.executable, "-c", script, str(n), queue, str(sentinel), "1" if ignore_result else "0"],
+_FILL = """
+import importlib, sys
+a = importlib.import_module(sys.argv[1]).celery_app
+n, q, rk, s, ign = int(sys.argv[2]), sys.argv[3], sys.argv[4] or None, sys.argv[5], sys.argv[6] == '1'
+with a.producer_or_acquire() as p:
+    for i in range(n):
+        r = a.send_task('bench.noop', args=(i,), queue=q, routing_key=rk, producer=p, ignore_result=ign)
+        print(r.id)
+    print(a.send_task('bench.sentinel', args=(s,), queue=q, routing_key=rk, producer=p).id)
+"""
+
+
+def fill_queue(
+    bench: Bench, target: Target, n: int, sentinel: Path, ignore_result: bool = False
+) -> tuple[list[str], str]:
+    """Publish ``n`` bench.noop tasks and one sentinel in a subprocess; return their task ids."""
+    args = (target.app, str(n), target.queue, target.routing_key or "", str(sentinel))
+    out = subprocess.run(
+        [sys.executable, "-c", _FILL, *args, "1" if ignore_result else "0"],
         cwd=ROOT,
-        env=bench.env(),
+        env=bench.env(**target.env),
         check=True,
         timeout=600,
+        capture_output=True,
+        text=True,
     )
-    wait_for(lambda: bench.depth(queue)[0] >= n + 1, 120, f"{n + 1} messages on {queue}")
+    ids = out.stdout.split()
+    if len(ids) != n + 1:
+        raise RuntimeError(f"bench: published {len(ids)} task ids for {n + 1} tasks")
+    wait_for(lambda: target.depth() >= n + 1, 120, f"{n + 1} messages on {target.queue}")
+    return ids[:-1], ids[-1]
 
 
 @contextmanager
@@ -161,14 +215,20 @@ class Drain:
 
 
 def measure_drain(
-    bench: Bench, argv: list[str], queue: str, n: int, *, table: str, ignore_result: bool = False, **env: str
+    bench: Bench, argv: list[str], target: Target, n: int, *, ignore_result: bool = False, **env: str
 ) -> Drain:
-    """Fill ``queue`` with ``n`` no-op tasks, start the worker, time until the sentinel runs."""
+    """Fill the queue with ``n`` no-op tasks, start the worker, time until the sentinel runs.
+
+    Raises:
+        ResultsMismatch: once the worker has stopped, the results are not
+            exactly one per task (only the sentinel's when results are ignored).
+    """
     bench.reset()
+    target.results.clear()
     ready, done = bench.tmp / "ready", bench.tmp / "sentinel"
     for stamp in (ready, done):
         stamp.unlink(missing_ok=True)
-    fill_queue(bench, n, queue, done, ignore_result=ignore_result)
+    tasks, sentinel = fill_queue(bench, target, n, done, ignore_result=ignore_result)
     if (
         env.get("METRICS_PORT", "0") != "0"
         and "--pool" in argv
@@ -177,11 +237,14 @@ def measure_drain(
         # as `python -m workers` does: children write samples the main process serves
         metrics_dir = Path(tempfile.mkdtemp(prefix="metrics-", dir=bench.tmp))
         env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    with worker(bench, argv, ready, **env) as proc:
+    with worker(bench, argv, ready, **target.env, **env) as proc:
         started = read_stamp(wait_for(lambda: ready.exists() and ready, 120, "worker ready", 0.01))
         before = snapshot()
         finished = read_stamp(wait_for(lambda: done.exists() and done, 900, "the sentinel task", 0.02))
         used = cpu_since(before, proc.pid)
         peak = max(peak_rss_kib(proc.pid).values(), default=0)
-    rows = bench.result_rows(table)
+    # the worker has stopped warm: every result it was going to store is stored
+    expected = [sentinel] if ignore_result else [*tasks, sentinel]
+    what = f"{' '.join(argv)} ({'results ignored' if ignore_result else 'results stored'})"
+    rows = check_results(target.results, expected, what)
     return Drain(n=n, seconds=finished - started, rows=rows, peak_rss_kib=peak, cpu=used)

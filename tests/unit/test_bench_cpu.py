@@ -40,7 +40,7 @@ def test_descendants_finds_grandchildren_and_nothing_else() -> None:
         child.communicate("")
 
 
-def test_ticks_are_attributed_to_the_worker_its_children_rabbitmq_and_postgresql() -> None:
+def test_ticks_are_attributed_to_the_worker_its_children_and_each_service() -> None:
     before = snap(
         {
             WORKER: ("celery", 10 * HZ),
@@ -48,6 +48,7 @@ def test_ticks_are_attributed_to_the_worker_its_children_rabbitmq_and_postgresql
             300: ("beam.smp", 100 * HZ),
             400: ("postgres", 7 * HZ),
             500: ("sshd", 3 * HZ),
+            600: ("redis-server", 1 * HZ),
         },
         busy=1000,
         total=4000,
@@ -61,12 +62,19 @@ def test_ticks_are_attributed_to_the_worker_its_children_rabbitmq_and_postgresql
             400: ("postgres", 8 * HZ),
             401: ("postgres", 2 * HZ),  # a new server session
             500: ("sshd", 9 * HZ),  # not a group: ignored
+            600: ("redis-server", 2 * HZ),  # the seed's broker and result store
         },
         busy=3000,
         total=8000,
     )
     use = cpu_use(before, after, WORKER, {101, 102})
-    assert use.seconds == {"worker main": 2.0, "worker children": 4.0, "RabbitMQ": 4.0, "PostgreSQL": 3.0}
+    assert use.seconds == {
+        "worker main": 2.0,
+        "worker children": 4.0,
+        "RabbitMQ": 4.0,
+        "PostgreSQL": 3.0,
+        "Redis": 1.0,
+    }
     assert use.machine_busy == 0.5
     assert use.per_item_us(1000)["worker children"] == 4000.0
 

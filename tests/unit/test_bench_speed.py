@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.bench.__main__ import speed_lines
 from tests.bench.cpu import loop_ms
+from tests.bench.report import speed_lines
 
 
 def samples(*speeds: float) -> dict[str, list[dict[str, float]]]:

@@ -1,0 +1,226 @@
+"""What the bench measures: every measurement, how each worker is started, and the table's figures.
+
+Every baseline runs as its users run it: plain Celery and the seed's setup
+start with the seed's command line (``celery -A ... worker --loglevel=info``),
+and the fleet's workers with their profile at the log level the fleet deploys
+with. A variant that is slower for an incidental reason (a quiet start) is an
+extra row without a target, never the headline. No baseline is a constant:
+each is measured in the same run as the fleet.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from app.settings import Settings
+from tests.bench.booking_flow import Flow, measure_booking_flow
+from tests.bench.email import measure_email, measure_smtp_ceiling
+from tests.bench.harness import Bench, Drain, measure_drain
+from tests.bench.latency import measure_latency
+from tests.bench.publish import measure_publish
+from tests.bench.store import measure_store
+from tests.support.ports import free_port
+from workers.profiles import BOOKING, EMAIL
+
+FLEET = "tests.bench.fleet_app"
+PLAIN = "tests.bench.plain_app"
+SEED = "tests.bench.seed_app"
+CORES = os.cpu_count() or 1
+#: The level the fleet's workers log at as deployed (``LOG_LEVEL``'s default, as in deploy/).
+FLEET_LOGLEVEL = str(Settings.model_fields["log_level"].default)
+
+#: Task counts per measurement: about five seconds of draining each on two cores.
+SIZES = {
+    "full": {
+        "fleet": 5000,
+        "plain": 2000,
+        "plain_quiet": 1000,
+        "seed": 5000,
+        "gevent": 3000,
+        "gevent_plain": 300,
+        "publish": 20000,
+        "latency": 1000,
+        "booking_flow": 2000,
+        "store": 5000,
+        "email": 3000,
+        "email_plain": 300,
+    },
+    "quick": {
+        "fleet": 40,
+        "plain": 20,
+        "plain_quiet": 20,
+        "seed": 40,
+        "gevent": 40,
+        "gevent_plain": 10,
+        "publish": 200,
+        "latency": 20,
+        "booking_flow": 20,
+        "store": 20,
+        "email": 40,
+        "email_plain": 10,
+    },
+}
+
+
+def plain_argv(pool: str, concurrency: int, prefetch: int, queue: str, quiet: bool = False) -> list[str]:
+    """Plain Celery on the fleet's queue shape: the seed's command line plus pool, concurrency and prefetch.
+
+    ``quiet`` starts it as the reference measurements did (``celery -q``, log
+    level WARNING). That start is slower for an incidental reason: without the
+    banner the stock database backend is first built in each prefork child,
+    not inherited from the parent marked as forked, and opens a new PostgreSQL
+    connection per result.
+    """
+    start = (
+        ["-q", "-A", PLAIN, "worker", "--loglevel=WARNING"]
+        if quiet
+        else ["-A", PLAIN, "worker", "--loglevel=info"]
+    )
+    shape = ["-Q", queue, "-P", pool, "-c", str(concurrency), "--prefetch-multiplier", str(prefetch)]
+    return [*start, *shape, *(["--without-gossip"] if quiet else [])]
+
+
+def seed_argv() -> list[str]:
+    """The seed's worker command line: prefork, one process per core, Celery's defaults otherwise."""
+    return ["-A", SEED, "worker", "--loglevel=info"]
+
+
+def fleet_argv(profile: str) -> list[str]:
+    """The fleet profile's own worker arguments, on the bench app, at its deployed log level."""
+    return {"booking": BOOKING, "email": EMAIL}[profile].argv(app=FLEET, loglevel=FLEET_LOGLEVEL)
+
+
+Measure = Callable[[Bench], "float | Drain | Flow"]
+#: The measurement behind the booking-flow rows (no baseline: an absolute figure).
+BOOKING_FLOW = "fleet booking flow"
+
+
+def drains(size: dict[str, int]) -> dict[str, Measure]:
+    """The no-op drains: the fleet's booking and gevent workers, plain Celery, the seed's setup."""
+    fleet, plain_booking = fleet_argv("booking"), plain_argv("prefork", CORES, 1, "booking")
+    quiet_booking = plain_argv("prefork", CORES, 1, "booking", quiet=True)
+
+    def fleet_booking(ignore_result: bool = False, metrics: bool = True) -> Measure:
+        return lambda b: measure_drain(
+            b,
+            fleet,
+            b.rabbit(FLEET, "booking", "task_results"),
+            size["fleet"],
+            ignore_result=ignore_result,
+            METRICS_PORT=str(free_port()) if metrics else "0",
+        )
+
+    def plain(argv: list[str], queue: str, n: int) -> Measure:
+        return lambda b: measure_drain(b, argv, b.rabbit(PLAIN, queue, "plain_celery_taskmeta"), n)
+
+    def seed(ignore_result: bool) -> Measure:
+        return lambda b: measure_drain(b, seed_argv(), b.seed(), size["seed"], ignore_result=ignore_result)
+
+    return {
+        "fleet booking, results, metrics on": fleet_booking(),
+        "fleet booking, results, metrics off": fleet_booking(metrics=False),
+        "fleet booking, results ignored": fleet_booking(ignore_result=True),
+        "plain booking, stock db backend": plain(plain_booking, "booking", size["plain"]),
+        "plain booking, stock db, quiet start": plain(quiet_booking, "booking", size["plain_quiet"]),
+        "seed setup, Redis broker and results": seed(ignore_result=False),
+        "seed setup, Redis, results ignored": seed(ignore_result=True),
+        "fleet gevent, results": lambda b: measure_drain(
+            b,
+            fleet_argv("email"),
+            b.rabbit(FLEET, "email", "task_results"),
+            size["gevent"],
+            METRICS_PORT=str(free_port()),
+        ),
+        "plain gevent, stock db backend": plain(
+            plain_argv("gevent", 100, 4, "email"), "email", size["gevent_plain"]
+        ),
+    }
+
+
+def measurements(size: dict[str, int]) -> dict[str, Measure]:
+    """Every distinct measurement, by name (each runs once per repetition)."""
+    fleet_booking = fleet_argv("booking")
+    plain_booking = plain_argv("prefork", CORES, 1, "booking")
+    return {
+        **drains(size),
+        "fleet email, results": lambda b: measure_email(
+            b, fleet_argv("email"), size["email"], table="task_results", METRICS_PORT=str(free_port())
+        ),
+        "raw aiosmtplib, same connections": lambda b: measure_smtp_ceiling(
+            b, size["email"], EMAIL.effective_concurrency
+        ),
+        "plain email, stock db backend": lambda b: measure_email(
+            b, plain_argv("gevent", 100, 4, "email"), size["email_plain"], table="plain_celery_taskmeta"
+        ),
+        "fleet bulk publish": lambda b: measure_publish(b, size["publish"], "bulk"),
+        "apply_async + confirm_publish": lambda b: measure_publish(b, size["publish"], "apply_async"),
+        "raw py-amqp streamed confirms": lambda b: measure_publish(b, size["publish"], "raw"),
+        "fleet latency p99": lambda b: measure_latency(b, FLEET, fleet_booking, size["latency"], 200)["p99"],
+        "plain latency p99": lambda b: measure_latency(b, PLAIN, plain_booking, size["latency"], 200)["p99"],
+        BOOKING_FLOW: lambda b: measure_booking_flow(
+            b, fleet_booking, size["booking_flow"], BOOKING.effective_concurrency
+        ),
+        "fleet result store": lambda b: measure_store(b, "fleet", size["store"]),
+        "raw psycopg2 upsert": lambda b: measure_store(b, "raw", size["store"]),
+        "raw psycopg2 upsert, async commit": lambda b: measure_store(b, "raw-async", size["store"]),
+    }
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One row of the table: the fleet against a baseline, with the target ratio."""
+
+    name: str
+    fleet: str
+    baseline: str
+    #: None: shown for information, no target.
+    target: float | None
+    unit: str = "tasks/s"
+    #: Latency: lower is better, the ratio must stay at or below the target.
+    at_most: bool = False
+
+
+_BOOKING = "booking drain, results stored, prefork"
+_EMAIL = "email drain, 0.2 s SMTP, results stored"
+_PUBLISH = "bulk publish with confirms"
+_STORE = "result store, one process, one commit per result"
+_FLEET = "fleet booking, results, metrics on"
+
+FIGURES = (
+    # The headline: plain Celery started as its users start it.
+    Figure(_BOOKING, _FLEET, "plain booking, stock db backend", 3.0),
+    Figure(_BOOKING, _FLEET, "seed setup, Redis broker and results", 1.5),
+    # Slower for an incidental reason (a connection per result): information only.
+    Figure(_BOOKING, _FLEET, "plain booking, stock db, quiet start", None),
+    Figure(
+        "booking drain, results ignored, prefork",
+        "fleet booking, results ignored",
+        "seed setup, Redis, results ignored",
+        None,
+    ),
+    Figure("booking drain, results stored", _FLEET, "fleet booking, results ignored", 0.75),
+    Figure(
+        "no-op drain on gevent, results stored",
+        "fleet gevent, results",
+        "plain gevent, stock db backend",
+        20.0,
+    ),
+    Figure(_EMAIL, "fleet email, results", "raw aiosmtplib, same connections", 0.6, unit="emails/s"),
+    Figure(_EMAIL, "fleet email, results", "plain email, stock db backend", 1.0, unit="emails/s"),
+    Figure(_PUBLISH, "fleet bulk publish", "apply_async + confirm_publish", 5.0),
+    Figure(_PUBLISH, "fleet bulk publish", "raw py-amqp streamed confirms", 0.5),
+    Figure(
+        "idle latency publish -> task start, p99",
+        "fleet latency p99",
+        "plain latency p99",
+        1.0,
+        unit="ms",
+        at_most=True,
+    ),
+    Figure("throughput with metrics on", _FLEET, "fleet booking, results, metrics off", 0.97),
+    # Where a stored result's time goes: the backend's own overhead, then the WAL flush.
+    Figure(_STORE, "fleet result store", "raw psycopg2 upsert", None, unit="results/s"),
+    Figure(_STORE, "fleet result store", "raw psycopg2 upsert, async commit", None, unit="results/s"),
+)
