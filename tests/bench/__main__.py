@@ -22,7 +22,7 @@ from tests.bench.booking_flow import Flow
 from tests.bench.cpu import loop_ms
 from tests.bench.harness import Bench, Drain, measure_drain
 from tests.bench.plan import CORES, FLEET, SIZES, Measure, fleet_argv, measurements
-from tests.bench.report import RESULTS, heading, machine, record, table
+from tests.bench.report import README, RESULTS, heading, machine, record, show_latest, table
 from tests.bench.store import commit_us
 
 
@@ -159,8 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     if results:
         command = " ".join(["python -m tests.bench", *(argv if argv is not None else sys.argv[1:])])
         run_line = f"- run: `{command}`, {args.reps} repetition(s), medians"
-        record(results, heading(started, datetime.now(UTC)), [*probes, run_line, "", *lines])
+        title = heading(started, datetime.now(UTC))
+        record(results, title, [*probes, run_line, "", *lines])
         log(f"bench: run appended to {results}")
+        if results == RESULTS:  # the project's own record: the manual shows its latest figures
+            show_latest(README, title, lines)
+            log(f"bench: latest figures written to {README}")
     if args.json:
         args.json.write_text(json.dumps({"samples": samples, "table": lines}, indent=2))
     return 1 if args.strict and not all_met else 0
