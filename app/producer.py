@@ -11,6 +11,7 @@ broker did not confirm.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from celery.result import AsyncResult
@@ -84,12 +85,15 @@ def send(
     task_id: str | None = None,
     timeout: float = PUBLISH_TIMEOUT,
     producer: Producer | None = None,
+    headers: dict[str, Any] | None = None,
+    expires: datetime | None = None,
 ) -> AsyncResult[Any]:
     """Publish already validated JSON ``kwargs`` with publisher confirms, bounded as ``publish`` is.
 
     Nothing is declared: workers and ``magnetiq topology apply`` own the
     topology, so a producer needs write access to ``magnetiq.tasks`` alone.
-    ``producer`` publishes on a connection of the caller's (its pool by default).
+    ``producer`` publishes on a connection of the caller's (its pool by default);
+    ``headers`` are added to the message's, and past ``expires`` a worker drops it unstarted.
 
     Raises:
         amqp.exceptions.ChannelError: no queue is bound for the task (``NO_ROUTE``;
@@ -102,6 +106,8 @@ def send(
         kwargs=kwargs,
         task_id=task_id,
         producer=producer,
+        headers=headers,
+        expires=expires,
         declare=[],
         mandatory=True,  # no queue bound: the broker returns it and this raises, never a silent drop
         timeout=timeout,
