@@ -412,6 +412,7 @@ class CommitGate:
         with self.database.begin() as db:
             db.execute(text("DROP TRIGGER IF EXISTS beat_test_gate ON periodic_runs"))
             db.execute(text("DROP TRIGGER IF EXISTS beat_test_gate ON task_outbox"))
+            db.execute(text("DROP FUNCTION IF EXISTS beat_test_gate()"))
 
 
 @pytest.fixture
@@ -436,8 +437,10 @@ def starts(database: Any) -> Iterator[Callable[[], Counter[datetime]]]:
             return Counter(rows)
 
     yield counted
-    with database.begin() as db:
+    with database.begin() as db:  # leave the schema as the migrations made it
         db.execute(text("DROP TRIGGER IF EXISTS beat_test_start ON periodic_runs"))
+        db.execute(text("DROP FUNCTION IF EXISTS beat_test_start()"))
+        db.execute(text("DROP TABLE IF EXISTS beat_test_starts"))
 
 
 def kill_at_the_gate(beat: WorkerProcess, gate: CommitGate, database: Any, *, commit: bool) -> None:
