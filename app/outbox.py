@@ -2,7 +2,8 @@
 
 A producer that changes the database and must queue a task in step with that
 change writes the task into ``task_outbox`` with ``add`` on its own connection,
-inside its own transaction. The relay (``magnetiq outbox relay``) publishes
+inside its own transaction (beat writes each slot's task with ``write``, in the
+transaction that claims the slot). The relay (``magnetiq outbox relay``) publishes
 committed rows with publisher confirms and stamps them sent. A producer killed
 after its commit loses nothing (the row waits for the relay); a rolled-back
 transaction publishes nothing. A relay killed between a confirm and its stamp
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection
+from datetime import datetime
 from typing import Any
 
 from amqp.exceptions import AMQPError
@@ -49,39 +52,79 @@ def add(connection: Connection, task_name: str, model: type[contracts.Arguments]
     Raises:
         contracts.InvalidTaskArguments: the arguments can never be valid.
     """
-    validated = contracts.validate_arguments(task_name, model, arguments)
-    task_id = uuid()
+    return write(connection, task_name, contracts.validate_arguments(task_name, model, arguments))
+
+
+def write(
+    connection: Connection,
+    task_name: str,
+    arguments: contracts.Arguments,
+    *,
+    task_id: str | None = None,
+    headers: dict[str, Any] | None = None,
+    expires_at: datetime | None = None,
+) -> str:
+    """Write validated ``arguments`` to the outbox in ``connection``'s open transaction.
+
+    Args:
+        connection: a connection inside the transaction the task belongs to.
+        task_name: the task's dotted name.
+        arguments: the task's arguments, validated (``contracts.validate_arguments``).
+        task_id: the id to publish under (beat passes its slot's); a fresh one by default.
+        headers: message headers to publish with.
+        expires_at: past this moment a worker drops the message unstarted.
+
+    Returns:
+        The task id it will be published under.
+    """
+    task_id = task_id or uuid()
     connection.execute(
         insert(task_outbox).values(
-            task_id=task_id, task_name=task_name, kwargs=validated.model_dump(mode="json")
+            task_id=task_id,
+            task_name=task_name,
+            kwargs=arguments.model_dump(mode="json"),
+            headers=headers,
+            expires_at=expires_at,
         )
     )
     return task_id
 
 
-def relay_once(engine: Engine, batch: int = BATCH, timeout: float = PUBLISH_TIMEOUT) -> int:
+def relay_once(
+    engine: Engine,
+    batch: int = BATCH,
+    timeout: float = PUBLISH_TIMEOUT,
+    task_names: Collection[str] | None = None,
+) -> int:
     """Publish up to ``batch`` committed, unsent rows in id order; return how many were confirmed.
 
     Rows are locked with ``SKIP LOCKED``, so several relays share the work. The
     first refused publish stops the batch; its row keeps the error and is tried again.
+    ``task_names`` limits the relay to those tasks (beat relays its jobs' rows).
     """
     sent = 0
+    query = select(task_outbox).where(task_outbox.c.sent_at.is_(None))
+    if task_names is not None:
+        query = query.where(task_outbox.c.task_name.in_(list(task_names)))
     with engine.begin() as db:
         rows = db.execute(
-            select(task_outbox.c.id, task_outbox.c.task_id, task_outbox.c.task_name, task_outbox.c.kwargs)
-            .where(task_outbox.c.sent_at.is_(None))
-            .order_by(task_outbox.c.id)
-            .limit(batch)
-            .with_for_update(skip_locked=True)
+            query.order_by(task_outbox.c.id).limit(batch).with_for_update(skip_locked=True)
         ).all()
-        for row_id, task_id, task_name, kwargs in rows:
-            stamp = update(task_outbox).where(task_outbox.c.id == row_id)
+        for row in rows:
+            stamp = update(task_outbox).where(task_outbox.c.id == row.id)
             try:
-                send(task_name, kwargs, task_id=task_id, timeout=timeout)
+                send(
+                    row.task_name,
+                    row.kwargs,
+                    task_id=row.task_id,
+                    timeout=timeout,
+                    headers=row.headers,
+                    expires=row.expires_at,
+                )
             except (AMQPError, KombuError, OSError) as exc:  # TimeoutError is an OSError
                 error = f"{type(exc).__name__}: {exc}"
                 db.execute(stamp.values(attempts=task_outbox.c.attempts + 1, last_error=error[:500]))
-                log.warning("outbox relay: publishing %s[%s] failed: %s", task_name, task_id, error)
+                log.warning("outbox relay: publishing %s[%s] failed: %s", row.task_name, row.task_id, error)
                 break
             db.execute(stamp.values(attempts=task_outbox.c.attempts + 1, sent_at=func.now(), last_error=None))
             sent += 1

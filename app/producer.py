@@ -135,6 +135,8 @@ def send(
     task_id: str | None = None,
     timeout: float = PUBLISH_TIMEOUT,
     producer: Producer | None = None,
+    headers: dict[str, Any] | None = None,
+    expires: datetime | None = None,
     **delay: Unpack[Delay],
 ) -> AsyncResult[Any]:
     """Publish already validated JSON ``kwargs`` with publisher confirms, bounded as ``publish`` is.
@@ -142,7 +144,8 @@ def send(
     Nothing is declared: workers and ``magnetiq topology apply`` own the
     topology, so a producer needs write access to ``magnetiq.tasks`` alone (and to
     ``celery_delayed_27`` for a delayed task: native delayed delivery).
-    ``producer`` publishes on a connection of the caller's (its pool by default).
+    ``producer`` publishes on a connection of the caller's (its pool by default);
+    ``headers`` are added to the message's, and past ``expires`` a worker drops it unstarted.
 
     Raises:
         ValueError: ``countdown`` or ``eta`` is not a valid delay; nothing was published.
@@ -158,6 +161,8 @@ def send(
         task_id=task_id,
         countdown=countdown,
         producer=producer,
+        headers=headers,
+        expires=expires,
         declare=[],
         mandatory=True,  # no queue bound: the broker returns it and this raises, never a silent drop
         timeout=timeout,

@@ -245,8 +245,8 @@ booking_import_errors = Table(
     PrimaryKeyConstraint("import_id", "line"),
 )
 
-#: The transactional outbox: a producer writes a task here in its own transaction;
-#: the relay publishes committed rows (with confirms) and stamps ``sent_at``.
+#: The transactional outbox: a producer (or beat, claiming a slot) writes a task here in
+#: its own transaction; the relay publishes committed rows (with confirms) and stamps ``sent_at``.
 task_outbox = Table(
     "task_outbox",
     metadata,
@@ -258,5 +258,9 @@ task_outbox = Table(
     Column("sent_at", DateTime(timezone=True)),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("last_error", Text),
+    #: Message headers to publish with (beat marks its slots), or NULL.
+    Column("headers", JSONB),
+    #: The message expires unstarted at this moment (a periodic slot's grace), or never.
+    Column("expires_at", DateTime(timezone=True)),
     Index("ix_task_outbox_unsent", "id", postgresql_where=text("sent_at IS NULL")),
 )

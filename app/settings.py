@@ -118,8 +118,6 @@ class Settings(BaseSettings):
 
     #: Worker and beat log level.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    #: Beat's local state file.
-    beat_schedule_file: str = "var/celerybeat-schedule"
     #: Seconds a beat replica's leader lease lasts; the leader renews it every third of that,
     #: and a standby takes over at most this long (plus a third) after the leader died.
     beat_lease_seconds: float = Field(default=30.0, gt=0)

@@ -60,8 +60,9 @@ def build_argv(role: str, extra: Sequence[str] = (), loglevel: str = "INFO") -> 
     """Return the full argv (``python -m celery ...``) for a profile or ``beat``."""
     base = [sys.executable, "-m", "celery"]
     if role == "beat":
-        schedule = get_settings().beat_schedule_file
-        return [*base, "-A", "workers.entry", "beat", "--loglevel", loglevel, "--schedule", schedule, *extra]
+        # No --schedule: the fleet's scheduler keeps its state in PostgreSQL and never
+        # opens Celery's schedule file (only celery.beat.PersistentScheduler does).
+        return [*base, "-A", "workers.entry", "beat", "--loglevel", loglevel, *extra]
     return [*base, *PROFILES[role].argv(loglevel=loglevel), *extra]
 
 
@@ -80,8 +81,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.print:
         print(" ".join(command))  # noqa: T201 - the requested output
         return
-    if args.role == "beat":
-        os.makedirs(os.path.dirname(get_settings().beat_schedule_file) or ".", exist_ok=True)
     prepare_metrics_dir(args.role)
     os.execv(command[0], command)
 

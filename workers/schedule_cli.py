@@ -14,7 +14,7 @@ from app.db import engine_for
 from app.maintenance import runs
 from app.maintenance.schedule import Job, find_job, load_schedule
 from app.settings import get_settings, mask_url
-from workers.beat import send_slot
+from workers.beat import relay, send_slot
 
 
 def _when(moment: datetime | None) -> str:
@@ -86,9 +86,9 @@ def schedule_run(job_name: str, wait: float | None) -> None:
     engine = engine_for(settings.database_url)
     try:
         now = runs.read_lease(engine).now
-        task_id = send_slot(
-            celery_app, engine, job, now, f"{getpass.getuser()}@{socket.gethostname()}", fenced=False
-        )
+        task_id = send_slot(engine, job, now, f"{getpass.getuser()}@{socket.gethostname()}", fenced=False)
+        if task_id is not None:
+            relay(engine, [job])
     except OperationalError as exc:
         raise _database_down(exc) from exc
     if task_id is None:  # the same microsecond was run already

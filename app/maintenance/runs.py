@@ -1,21 +1,33 @@
 """Beat's PostgreSQL coordination: the leader lease and one ``periodic_runs`` row per (job, slot).
 
-Beat claims a slot by inserting its row, fenced by the lease, and publishes the
-task inside the same transaction, so a slot is sent once even if two beats
-briefly both think they lead. The task claims the row again before it runs
-(``start_run``), so a duplicate message of the same slot does nothing.
+Beat claims a slot by inserting its row, fenced by the lease, and writes the
+slot's task to the outbox in the same transaction, under the slot's own task id
+(``slot_task_id``): a slot is claimed once even if two beats briefly both think
+they lead, and a claimed slot is published at least once. The task runs the
+slot inside ``running``: it holds the slot's run lock while it runs and starts
+only a slot that has not succeeded, so a second message of the slot (the relay
+published it again) does nothing, whether it arrives during the run or after.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, text
 
 #: The lease row every beat replica competes for.
 LEASE_NAME = "beat"
+#: Names a slot's task id (``slot_task_id``): the same slot always gets the same id.
+SLOT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "magnetiq:periodic_runs")
+
+#: What a message of a slot does: run it, or nothing because the slot already ran
+#: (succeeded) or another message of it is running it right now.
+Turn = Literal["run", "ran", "running"]
 
 _HOLD = text("""
 INSERT INTO beat_leases (name, holder, acquired_at, renewed_at, expires_at)
@@ -42,15 +54,18 @@ WHERE :fenced IS FALSE OR EXISTS (
 ON CONFLICT (job, slot) DO NOTHING
 RETURNING job
 """)
+# Only under the slot's run lock (``running``): a row left ``started`` then means its
+# runner died (its lock went with its connection), so any message of the slot may start it.
 _START = text("""
 INSERT INTO periodic_runs (job, slot, task_id, status, started_at)
 VALUES (:job, :slot, :task_id, 'started', now())
 ON CONFLICT (job, slot) DO UPDATE SET
     task_id = EXCLUDED.task_id, status = 'started', started_at = now(), finished_at = NULL, detail = NULL
-WHERE periodic_runs.status IN ('sent', 'failed')
-   OR (periodic_runs.status = 'started' AND periodic_runs.task_id = EXCLUDED.task_id)
+WHERE periodic_runs.status <> 'succeeded'
 RETURNING job
 """)
+# A transaction-level lock (it works through a transaction pooler), keyed by the slot.
+_RUN_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:key, 0))")
 _FINISH = text("""
 UPDATE periodic_runs SET status = :status, finished_at = now(), detail = CAST(:detail AS jsonb)
 WHERE job = :job AND slot = :slot AND task_id = :task_id
@@ -142,18 +157,38 @@ def claim_slot(
     return connection.execute(_CLAIM, params).first() is not None
 
 
-def start_run(engine: Engine, job: str, slot: datetime, task_id: str) -> bool:
-    """Mark (job, slot) started by ``task_id`` unless another message of the slot ran or runs it.
+def slot_task_id(job: str, slot: datetime) -> str:
+    """Return the task id of (job, slot): every message of one slot carries the same id."""
+    return str(uuid.uuid5(SLOT_NAMESPACE, _slot_key(job, slot)))
 
-    A redelivery of the same message (its worker died) may start again; a
-    failed run may be retried.
 
-    Returns:
-        True if this task should run the job.
+def _slot_key(job: str, slot: datetime) -> str:
+    return f"{job}@{slot.astimezone(UTC).isoformat()}"
+
+
+@contextmanager
+def running(engine: Engine, job: str, slot: datetime, task_id: str) -> Iterator[Turn]:
+    """Hold (job, slot)'s run lock for the block; yield whether this task runs the slot.
+
+    The lock is a transaction-level advisory lock on a connection of its own,
+    held until the block ends (or the process dies and its connection with it).
+    Under it the row is marked ``started`` unless the slot succeeded before.
+    A second message of the slot therefore finds the lock taken while the
+    first runs (``running``), or the row ``succeeded`` after it (``ran``). A
+    redelivery after its worker died, and a retry after a failure, run again.
+
+    Yields:
+        ``run`` when the caller should run the job and then call ``finish_run``
+        inside the block; ``running`` or ``ran`` when it should do nothing.
     """
-    with engine.begin() as connection:
-        row = connection.execute(_START, {"job": job, "slot": slot, "task_id": task_id}).first()
-    return row is not None
+    key = f"periodic_runs:{_slot_key(job, slot)}"
+    with engine.connect() as holder, holder.begin():
+        if not holder.execute(_RUN_LOCK, {"key": key}).scalar_one():
+            yield "running"
+            return
+        with engine.begin() as connection:
+            started = connection.execute(_START, {"job": job, "slot": slot, "task_id": task_id}).first()
+        yield "run" if started is not None else "ran"
 
 
 def finish_run(engine: Engine, job: str, slot: datetime, task_id: str, *, ok: bool, detail: str) -> None:

@@ -42,15 +42,16 @@ def run_once(task: FleetTask, job: str | None, slot: datetime | None, body: Call
     if job is None or slot is None:
         return body()
     engine, task_id = resources.engine(), str(task.request.id)
-    if not runs.start_run(engine, job, slot, task_id):
-        return f"Already ran {job} for slot {slot.isoformat()}"
-    try:
-        result = body()
-    except Exception as exc:
-        runs.finish_run(engine, job, slot, task_id, ok=False, detail=dumps({"error": type(exc).__name__}))
-        raise
-    runs.finish_run(engine, job, slot, task_id, ok=True, detail=dumps({"result": result}))
-    return result
+    with runs.running(engine, job, slot, task_id) as turn:
+        if turn != "run":
+            return f"Already {turn} {job} for slot {slot.isoformat()}"
+        try:
+            result = body()
+        except Exception as exc:
+            runs.finish_run(engine, job, slot, task_id, ok=False, detail=dumps({"error": type(exc).__name__}))
+            raise
+        runs.finish_run(engine, job, slot, task_id, ok=True, detail=dumps({"result": result}))
+        return result
 
 
 @periodic_task(contracts.CLEANUP_OLD_SESSIONS)

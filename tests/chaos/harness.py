@@ -284,7 +284,6 @@ class Chaos:
         env.update(
             MAINTENANCE_SCHEDULE=f"tests.integration.beat_schedules:{schedule}",
             BEAT_LEASE_SECONDS=str(lease),
-            BEAT_SCHEDULE_FILE=str(self.tmp / f"beat-{index}.state"),
             METRICS_PORT="0",
             LOG_LEVEL="INFO",
         )

@@ -284,11 +284,23 @@ def test_every_work_queue_has_a_scaled_profile() -> None:
     assert queues == set(names.WORK_QUEUES)
 
 
-def test_beat_runs_once_and_is_never_rolled_over() -> None:
+def test_beat_runs_a_leader_and_a_standby_on_another_node_with_no_state() -> None:
     beat = objects("Deployment")["beat"]
-    assert beat["spec"]["replicas"] == 1
-    assert beat["spec"]["strategy"]["type"] == "Recreate"
-    assert beat["spec"]["template"]["spec"]["containers"][0]["command"] == ["python", "-m", "workers", "beat"]
+    pod = beat["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    # one leads, one stands by (any number may run and overlap: slots are claimed in PostgreSQL)
+    assert beat["spec"]["replicas"] == 2
+    assert beat["spec"]["strategy"]["type"] == "RollingUpdate"
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert (
+        spread["labelSelector"]["matchLabels"].items()
+        <= beat["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert container["command"] == ["python", "-m", "workers", "beat"]
+    # and beat keeps no local state: no schedule file, no volume for one
+    assert "BEAT_SCHEDULE_FILE" not in {env["name"] for env in container.get("env", [])}
+    assert {mount["mountPath"] for mount in container["volumeMounts"]} == {"/run/magnetiq", "/tmp"}
     assert "beat" not in objects("ScaledObject")
 
 

@@ -83,7 +83,7 @@ def test_run_brings_up_the_fleet_and_stops_it_cleanly(
     broker: Connection, database: Any, tmp_path: Path
 ) -> None:
     # given `magnetiq run` with no SMTP_HOST: it starts its own sink
-    env = worker_env(SMTP_PORT=str(free_port()), BEAT_SCHEDULE_FILE=str(tmp_path / "beat-schedule"))
+    env = worker_env(SMTP_PORT=str(free_port()))
     env.pop("SMTP_HOST", None)
     mail_dir = tmp_path / "mail"
     log = (tmp_path / "run.log").open("wb")

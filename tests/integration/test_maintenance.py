@@ -225,25 +225,33 @@ def test_schedule_run_of_an_unknown_job_names_the_known_ones(database: Any) -> N
 
 
 def test_a_slot_runs_again_only_on_redelivery_or_after_a_failure(database: Any) -> None:
-    # given a slot beat sent as task "sent"
+    # given a slot beat claimed under the slot's task id
     slot = datetime(2026, 11, 24, 3, 15, tzinfo=UTC)
+    task_id = beat_runs.slot_task_id("job", slot)
     assert beat_runs.hold_lease(database, "beat-a", 30).leader
     with database.begin() as db:
-        assert beat_runs.claim_slot(db, "job", slot, "sent", "beat-a")
+        assert beat_runs.claim_slot(db, "job", slot, task_id, "beat-a")
 
-    # when a duplicate starts it first, then the sent message and a redelivery arrive
-    assert beat_runs.start_run(database, "job", slot, "duplicate")
-    assert not beat_runs.start_run(database, "job", slot, "sent")
-    assert beat_runs.start_run(database, "job", slot, "duplicate")  # its worker died: redelivered
+    # when a message of the slot runs it, a second message of the slot arrives meanwhile
+    with (
+        beat_runs.running(database, "job", slot, task_id) as first,
+        beat_runs.running(database, "job", slot, task_id) as second,
+    ):
+        assert (first, second) == ("run", "running")
+    # ... and the first one's worker died (its lock went with it): the redelivery runs it
+    with beat_runs.running(database, "job", slot, task_id) as redelivered:
+        assert redelivered == "run"
+        beat_runs.finish_run(database, "job", slot, task_id, ok=False, detail='{"error": "OperationalError"}')
 
-    # then a failed run may be run again by any message of the slot, a succeeded one by none
-    beat_runs.finish_run(database, "job", slot, "duplicate", ok=False, detail='{"error": "OperationalError"}')
-    assert beat_runs.start_run(database, "job", slot, "retry")
-    beat_runs.finish_run(database, "job", slot, "retry", ok=True, detail='{"result": "done"}')
-    assert not beat_runs.start_run(database, "job", slot, "retry")
+    # then a failed run is run again (a retry), a succeeded one by no message of the slot
+    with beat_runs.running(database, "job", slot, task_id) as retry:
+        assert retry == "run"
+        beat_runs.finish_run(database, "job", slot, task_id, ok=True, detail='{"result": "done"}')
+    with beat_runs.running(database, "job", slot, task_id) as late:
+        assert late == "ran"
     [run] = _runs(database)
     assert (run.task_id, run.status, run.sent_by, run.detail) == (
-        "retry",
+        task_id,
         "succeeded",
         "beat-a",
         {"result": "done"},

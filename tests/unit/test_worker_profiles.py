@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from celery.beat import PersistentScheduler
 
-import workers.__main__ as workers_main
-from app.settings import Settings
 from routing import names
 from tests.support.paths import ROOT
 from workers.__main__ import build_argv, main
+from workers.beat import LeaderScheduler
 from workers.profiles import PROFILES
 
 #: Expected (queues, pool, concurrency, prefetch multiplier) per profile.
@@ -89,21 +89,17 @@ def test_build_argv_runs_celery_with_this_python(name: str) -> None:
     assert argv[-1] == "--autoscale=10,3"
 
 
-def test_build_argv_beat(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # given a beat schedule file in a fresh directory (settings built fresh, not cached)
-    schedule = tmp_path / "state" / "celerybeat-schedule"
-    monkeypatch.setenv("BEAT_SCHEDULE_FILE", str(schedule))
-    monkeypatch.setattr(workers_main, "get_settings", Settings)
-
+def test_build_argv_beat() -> None:
     # when the beat command is built
     argv = build_argv("beat")
 
-    # then it runs beat on the entry app with that schedule file
+    # then it runs beat on the entry app, with no schedule file: the scheduler keeps its state
+    # in PostgreSQL and, unlike Celery's PersistentScheduler, never opens one
     assert "beat" in argv
     assert "worker" not in argv
     assert option(argv, "-A") == "workers.entry"
-    assert option(argv, "--schedule", "-s") == str(schedule)
-    assert not schedule.parent.exists()  # --print and build_argv create nothing
+    assert "--schedule" not in argv and "-s" not in argv
+    assert not issubclass(LeaderScheduler, PersistentScheduler)
 
 
 def test_main_print_shows_the_command(capsys: pytest.CaptureFixture[str]) -> None:
