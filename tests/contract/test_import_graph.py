@@ -1,4 +1,4 @@
-"""Contract: the import graph of STYLE section 2 (light producer, pure routing and domain)."""
+"""Contract: the import rules of README.md "Import rules" (light producer, pure routing and domain)."""
 
 from __future__ import annotations
 
