@@ -10,7 +10,7 @@ from alembic.config import Config
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
-from app.settings import mask_url, sqlalchemy_url
+from app.settings import sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
@@ -65,5 +65,5 @@ def upgrade(url: str) -> None:
         ensure_database(url)
     except OperationalError as exc:
         reason = " ".join(str(exc.orig).split())
-        raise ConnectionError(f"PostgreSQL at {mask_url(url)} is unreachable: {reason}") from exc
+        raise ConnectionError(reason) from exc
     command.upgrade(alembic_config(url), "head")

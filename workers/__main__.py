@@ -11,21 +11,11 @@ from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 
 from app.settings import get_settings
+from workers.processes import pid_alive
 from workers.profiles import PROFILES
 
 #: prometheus_client's multiprocess directory variable (read when it is imported).
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (a zombie counts until it is reaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def prepare_metrics_dir(role: str, environ: MutableMapping[str, str] = os.environ) -> Path | None:

@@ -27,7 +27,7 @@ from app.settings import Settings
 from app.tasks import resources
 from routing import names
 from routing.routes import queue_for
-from workers.__main__ import pid_alive
+from workers.processes import pid_alive
 from workers.profiles import PROFILES
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,8 @@ ROUTING_ALLOWED = {"kombu", "routing"}
 #: What domain packages must never import (Celery, broker wiring, worker code).
 DOMAIN_FORBIDDEN = ("celery", "routing", "workers", "app.tasks", "app.celery_app", "app.producer")
 DOMAIN_PACKAGES = ("app/mail", "app/booking", "app/maintenance")
+#: The command line: process code (worker, beat, metrics) never imports it, nor the launcher.
+CLI_ONLY = ("workers.cli", "workers.__main__")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -84,10 +86,25 @@ def test_domain_modules_import_no_celery_routing_or_workers(path: Path) -> None:
     assert sorted(module for module in modules if within(module, DOMAIN_FORBIDDEN)) == []
 
 
+@pytest.mark.parametrize(
+    "path",
+    source_files("app", *DOMAIN_PACKAGES, "app/tasks", "workers"),
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_process_code_imports_neither_the_command_line_nor_the_launcher(path: Path) -> None:
+    # given a module a worker, beat or producer process loads (the workers/cli package left out)
+    # when its imports are read
+    modules = imported_modules(path)
+
+    # then none of them is the command line or `python -m workers`
+    assert sorted(module for module in modules if within(module, CLI_ONLY)) == []
+
+
 def test_the_checks_see_every_module() -> None:
     # given the folders the import rules cover
     # when their modules are listed
     # then none is empty (a moved folder must not silently pass)
     assert source_files("routing")
+    assert source_files("workers")
     for folder in DOMAIN_PACKAGES:
         assert source_files(folder), folder

@@ -13,7 +13,7 @@ from app.celery_app import celery_app
 from app.db import engine_for
 from app.migrate import upgrade
 from app.schema import metadata
-from app.settings import get_settings
+from app.settings import get_settings, mask_url
 from routing import declare_topology, names
 from tests.support.broker import purge_all, queue_depth
 from tests.support.environment import TEST_BROKER_URL, unavailable, worker_env
@@ -53,7 +53,7 @@ def database() -> Any:
     try:
         upgrade(get_settings().database_url)
     except ConnectionError as exc:
-        unavailable(str(exc))
+        unavailable(f"PostgreSQL unreachable at {mask_url(get_settings().database_url)} ({exc})")
     return engine_for(get_settings().database_url)
 
 

@@ -47,8 +47,9 @@ def test_unreachable_database_is_one_clear_line() -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert "PostgreSQL at postgresql+psycopg2://postgres:***@127.0.0.1" in lines[0]
+    assert "PostgreSQL is not reachable at postgresql+psycopg2://postgres:***@127.0.0.1" in lines[0]
     assert "pg_ctlcluster" in lines[0]
+    assert ":pw@" not in done.stderr
 
 
 def test_db_upgrade_creates_a_missing_database(database: Any) -> None:

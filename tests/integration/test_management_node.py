@@ -31,7 +31,7 @@ from tests.support.paths import ROOT
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until
 from workers.cli import main
-from workers.queue_stats import ManagementAPI
+from workers.cli.queue_stats import ManagementAPI
 
 RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"

@@ -18,7 +18,7 @@ from tests.support.ports import free_port
 from tests.support.waiting import wait_until
 from tests.support.worker_process import WorkerProcess
 from workers.cli import main
-from workers.dead_letters import REPLAYS_HEADER
+from workers.cli.dead_letters import REPLAYS_HEADER
 
 BOOKING_DLQ = names.dlq(names.BOOKING)
 

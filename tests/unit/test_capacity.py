@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workers.capacity import Throughput, workers_needed
-from workers.ops import duration
+from workers.cli.capacity import Throughput, workers_needed
+from workers.cli.fleet import duration
 
 
 @pytest.mark.parametrize(

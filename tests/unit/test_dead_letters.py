@@ -9,7 +9,7 @@ import pytest
 from amqp import Message
 
 from app.maintenance.dead_letters import DeadLetter
-from workers.dead_letters import REPLAYS_HEADER, ReplayError, dlq_name, replay_message, replay_route
+from workers.cli.dead_letters import REPLAYS_HEADER, ReplayError, dlq_name, replay_message, replay_route
 
 PAYMENT = "app.tasks.booking_tasks.process_payment"
 

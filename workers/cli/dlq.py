@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from app.settings import get_settings
-from workers.connections import broker_connection
-from workers.dead_letters import DeadLetter, ReplayError, dlq_name, peek, purge, replay
-from workers.ops import duration
+from workers.cli.connections import broker_connection
+from workers.cli.dead_letters import DeadLetter, ReplayError, dlq_name, peek, purge, replay
+from workers.cli.fleet import duration
 
 
 def _dlq(_: click.Context, __: click.Parameter, value: str) -> str:

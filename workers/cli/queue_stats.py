@@ -24,7 +24,7 @@ from kombu import Connection
 
 from app.settings import Settings, mask_url
 from routing import names
-from workers.dead_letters import peek
+from workers.cli.dead_letters import peek
 
 #: Port of the management API when RABBITMQ_MANAGEMENT_URL does not say.
 MANAGEMENT_PORT = 15672

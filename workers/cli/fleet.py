@@ -15,10 +15,10 @@ from app.db import engine_for
 from app.settings import get_settings
 from routing import names
 from routing.routes import queue_for
-from workers.capacity import measure, workers_needed
-from workers.connections import broker_connection
+from workers.cli.capacity import measure, workers_needed
+from workers.cli.connections import broker_connection, database_errors
+from workers.cli.queue_stats import ManagementAPI, QueueStats, passive_counts, read_stats
 from workers.profiles import PROFILES
-from workers.queue_stats import ManagementAPI, QueueStats, passive_counts, read_stats
 
 #: Argument models of the tasks the fleet defines: ``publish`` validates with them, as producers do.
 ARGUMENT_MODELS: dict[str, type[contracts.Arguments]] = {
@@ -144,9 +144,10 @@ def capacity(
     if per_worker is None:
         since = datetime.now(UTC) - timedelta(minutes=window)
         default_queue = str(celery_app.conf.task_default_queue)
-        measured = measure(
-            engine_for(settings.result_backend_url), queue, since, lambda n: queue_for(n) or default_queue
-        )
+        with database_errors(settings.result_backend_url):
+            measured = measure(
+                engine_for(settings.result_backend_url), queue, since, lambda n: queue_for(n) or default_queue
+            )
         running = workers or consumers
         if measured.per_second is None or not running:
             raise click.ClickException(

@@ -19,11 +19,11 @@ from app.outbox import BATCH, POLL_INTERVAL, relay, relay_once
 from app.settings import get_settings, mask_url
 from routing import declare_topology
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
-from workers import ops
-from workers.connections import START_HINTS, ServiceDown, broker_connection
-from workers.dlq_commands import dlq
+from workers.cli import fleet
+from workers.cli.connections import broker_connection, database_errors
+from workers.cli.dlq import dlq
+from workers.cli.schedule import schedule
 from workers.profiles import PROFILES
-from workers.schedule_cli import schedule
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,10 +40,8 @@ def db() -> None:
 def db_upgrade() -> None:
     """Create the database if missing and apply every migration."""
     settings = get_settings()
-    try:
+    with database_errors():
         upgrade(settings.database_url)
-    except ConnectionError as exc:
-        raise ServiceDown(f"{exc}; {START_HINTS['postgresql']}") from exc
     click.echo(f"database {mask_url(settings.database_url)} is at the newest migration")
 
 
@@ -171,10 +169,7 @@ def run(no_beat: bool, mail_dir: Path) -> None:
 
 
 main.add_command(schedule)
-main.add_command(ops.status)
-main.add_command(ops.publish)
-main.add_command(ops.capacity)
+main.add_command(fleet.status)
+main.add_command(fleet.publish)
+main.add_command(fleet.capacity)
 main.add_command(dlq)
-
-if __name__ == "__main__":
-    main()

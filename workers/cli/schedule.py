@@ -7,24 +7,18 @@ import socket
 from datetime import datetime
 
 import click
-from sqlalchemy.exc import OperationalError
 
 from app.celery_app import celery_app
 from app.db import engine_for
 from app.maintenance import runs
 from app.maintenance.schedule import Job, find_job, load_schedule
-from app.settings import get_settings, mask_url
+from app.settings import get_settings
 from workers.beat import relay, send_slot
+from workers.cli.connections import database_errors
 
 
 def _when(moment: datetime | None) -> str:
     return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
-
-
-class DatabaseDown(click.ClickException):
-    """PostgreSQL is unreachable: one clear line, exit status 2."""
-
-    exit_code = 2
 
 
 def _jobs() -> tuple[Job, ...]:
@@ -32,13 +26,6 @@ def _jobs() -> tuple[Job, ...]:
         return load_schedule(get_settings().maintenance_schedule)
     except ValueError as exc:
         raise click.ClickException(f"MAINTENANCE_SCHEDULE: {exc}") from exc
-
-
-def _database_down(exc: Exception) -> DatabaseDown:
-    return DatabaseDown(
-        f"PostgreSQL is not reachable at {mask_url(get_settings().database_url)} ({type(exc).__name__}); "
-        "start it or point DATABASE_URL at a running server, then run `magnetiq db upgrade`"
-    )
 
 
 @click.group()
@@ -52,11 +39,9 @@ def schedule_list() -> None:
     settings = get_settings()
     jobs = _jobs()
     engine = engine_for(settings.database_url)
-    try:
+    with database_errors():
         lease = runs.read_lease(engine)
         last = runs.last_runs(engine)
-    except OperationalError as exc:
-        raise _database_down(exc) from exc
     if lease.holder is None or lease.expires_at is None or lease.expires_at <= lease.now:
         click.echo("leader: none (no beat holds the lease)")
     else:
@@ -84,13 +69,11 @@ def schedule_run(job_name: str, wait: float | None) -> None:
     except KeyError as exc:
         raise click.BadParameter(str(exc.args[0]), param_hint="JOB") from exc
     engine = engine_for(settings.database_url)
-    try:
+    with database_errors():
         now = runs.read_lease(engine).now
         task_id = send_slot(engine, job, now, f"{getpass.getuser()}@{socket.gethostname()}", fenced=False)
         if task_id is not None:
             relay(engine, [job])
-    except OperationalError as exc:
-        raise _database_down(exc) from exc
     if task_id is None:  # the same microsecond was run already
         raise click.ClickException(f"{job.name} already has a run at {now.isoformat()}; try again")
     click.echo(f"sent {job.name}: {job.task}[{task_id}] (run {now.isoformat()})")
