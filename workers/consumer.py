@@ -22,7 +22,8 @@ def _drain_event_connection(connection: Any, timeout: float = EVENT_DRAIN_SECOND
     # Celery's green-pool loop (synloop) drains the event connection after every
     # message with a 0.1 s timeout, to read the broker's heartbeats. With task
     # events off nothing else arrives there, so each message waited 0.1 s: a
-    # gevent worker started ~10 tasks/s. Polling reads the heartbeats as well.
+    # gevent worker could start at most 10 tasks a second. Polling reads the
+    # heartbeats as well.
     _celery_quick_drain(connection, timeout=min(timeout, EVENT_DRAIN_SECONDS))
 
 

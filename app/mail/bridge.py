@@ -33,8 +33,8 @@ T = TypeVar("T")
 
 #: Seconds a thread may hold the GIL before it is asked to hand it over (Python's
 #: default is 0.005). The loop thread and the greenlets' thread pass work back and
-#: forth many times per email; at 0.5 ms the waits for the GIL shrink, and one
-#: gevent worker sent ~40 % more emails per second here.
+#: forth many times per email; at 0.5 ms the waits for the GIL shrink (its effect
+#: on the email rows: tests/bench/README.md, "Email: the bridge").
 SWITCH_INTERVAL = 0.0005
 
 

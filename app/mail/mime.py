@@ -14,8 +14,8 @@ class MailPolicy(Compat32):
     """The stdlib's compat32 header handling, with the modern content manager.
 
     The default policy parses every header into a token tree when it is set and
-    refolds that tree when the message is written: about 1 ms of CPU per email,
-    a third of the email worker's time. ``app.mail.service`` builds every header
+    refolds that tree when the message is written, a large share of the email
+    worker's CPU (tests/bench/README.md, "Email: message building"). ``app.mail.service`` builds every header
     from checked values (an ASCII address, an RFC 2047 display name or subject),
     so the compat32 string handling is enough, and ``set_content``,
     ``add_attachment`` and ``get_body`` keep working through ``raw_data_manager``.

@@ -47,7 +47,7 @@ class FleetTask(Task[Any, Any]):
         return {name: getattr(model, name) for name in type(model).model_fields}
 
     def _run_signature(self) -> inspect.Signature:
-        # inspect.signature() costs ~40 us a call: keep it per task body (autoretry
+        # inspect.signature() is costly per call: keep it per task body (autoretry
         # may wrap ``run`` once, at bind time, so the cache is keyed by the body).
         body = getattr(self.run, "__func__", self.run)
         cached = self.__dict__.get("_signature_cache")
