@@ -264,6 +264,43 @@ class PeriodicArgs(Arguments):
         return None if self.job is None or self.slot is None else (self.job, self.slot)
 
 
+#: Every task's argument model: each publish path validates with it, as the task itself does.
+ARGUMENT_MODELS: dict[str, type[Arguments]] = {
+    SEND_WELCOME_EMAIL: WelcomeEmailArgs,
+    SEND_BOOKING_CONFIRMATION: BookingConfirmationArgs,
+    SEND_BOOKING_REMINDER: BookingReminderArgs,
+    SEND_BOOKING_CANCELLATION: BookingCancellationArgs,
+    SEND_BOOKING_EXPIRED: BookingExpiredArgs,
+    SEND_PASSWORD_RESET: PasswordResetArgs,
+    PROCESS_PAYMENT: ProcessPaymentArgs,
+    PROCESS_BOOKING: ProcessBookingArgs,
+    CANCEL_BOOKING: CancelBookingArgs,
+    SEND_BOOKING_REMINDERS: BookingRemindersArgs,
+    IMPORT_BOOKINGS: ImportArgs,
+    IMPORT_BOOKING_CHUNK: ImportChunkArgs,
+    FINISH_BOOKING_IMPORT: ImportArgs,
+    EXPORT_BOOKING_CALENDARS: NoArgs,
+    RECONCILE_PAYMENTS: ReconcileArgs,
+    CLEANUP_OLD_SESSIONS: PeriodicArgs,
+    EXPIRE_RESULTS: PeriodicArgs,
+    REPORT_DEAD_LETTERS: PeriodicArgs,
+    EXPIRE_PENDING_BOOKINGS: PeriodicArgs,
+    SEND_TOMORROWS_REMINDERS: PeriodicArgs,
+}
+
+
+def model_for(task_name: str) -> type[Arguments]:
+    """The argument model of one of the fleet's tasks.
+
+    Raises:
+        InvalidTaskArguments: ``task_name`` is not a fleet task (a typo, or another app's).
+    """
+    try:
+        return ARGUMENT_MODELS[task_name]
+    except KeyError:
+        raise InvalidTaskArguments(f"{task_name}: not a fleet task (see app/contracts.py)") from None
+
+
 def validate_arguments(task_name: str, model: type[Arguments], values: dict[str, Any]) -> Arguments:
     """Validate task arguments, raising one clear error that carries no user data.
 

@@ -1,17 +1,20 @@
 """Producer API: the only module the FastAPI service imports to enqueue work.
 
-Every helper validates its arguments with the same models the workers use, so
-a bad call fails in the request that made it, then publishes by task name with
-publisher confirms (the broker has the message when the call returns).
-``enqueue_many`` (from ``app.publisher``) does the same for many calls of one
-task at once: one channel, streamed confirms, an error naming every task the
-broker did not confirm.
+The fleet's one publish core. ``send`` publishes one message: by task name,
+nothing declared, ``mandatory`` (a task no queue is bound for raises instead of
+vanishing), publisher confirms, every wait bounded. ``publish`` validates with
+the task's own model (``contracts.ARGUMENT_MODELS``) and then sends; every
+``enqueue_*`` helper, the outbox relay, beat (through the outbox), the booking
+tasks' follow-ups and ``magnetiq publish`` are thin callers of these two.
+``enqueue_many`` (from ``app.publisher``) gives the same guarantees to many calls
+of one task at once: one channel, streamed confirms, an error naming every task
+the broker did not confirm.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypedDict, Unpack
 
@@ -97,7 +100,7 @@ def delay_seconds(countdown: float | None = None, eta: datetime | None = None) -
 
 def publish(
     task_name: str,
-    model: type[contracts.Arguments],
+    model: type[contracts.Arguments] | None,
     arguments: Mapping[str, Any],
     *,
     task_id: str | None = None,
@@ -108,7 +111,7 @@ def publish(
 
     Args:
         task_name: the task's dotted name (a ``contracts`` constant).
-        model: the task's argument model.
+        model: the model to validate with; None: the task's own (``contracts.ARGUMENT_MODELS``).
         arguments: the task's keyword arguments.
         task_id: the id to publish under; a caller that retries after an error
             passes the same id again, so the task runs once whatever the first try did.
@@ -116,13 +119,17 @@ def publish(
         **delay: ``countdown`` or ``eta``: when the task may start (see ``delay_seconds``).
 
     Raises:
-        contracts.InvalidTaskArguments: the arguments can never be valid.
+        contracts.InvalidTaskArguments: the arguments can never be valid, or (no
+            ``model``) the task is not one of the fleet's.
         ValueError: ``countdown`` or ``eta`` is not a valid delay; nothing was published.
+        amqp.exceptions.ChannelError: no queue is bound for the task, or the broker refused it.
         kombu.exceptions.OperationalError: the broker could not be reached in time
             (the task may or may not be queued: publish again with the same ``task_id``).
         TimeoutError: the broker did not confirm in time (same advice).
     """
-    validated = contracts.validate_arguments(task_name, model, dict(arguments))
+    validated = contracts.validate_arguments(
+        task_name, model or contracts.model_for(task_name), dict(arguments)
+    )
     # None is every optional argument's default: leave it out, so messages stay as before.
     kwargs = validated.model_dump(mode="json", exclude_none=True)
     return send(task_name, kwargs, task_id=task_id, timeout=timeout, **delay)
@@ -132,6 +139,7 @@ def send(
     task_name: str,
     kwargs: dict[str, Any],
     *,
+    args: Sequence[Any] = (),
     task_id: str | None = None,
     timeout: float = PUBLISH_TIMEOUT,
     producer: Producer | None = None,
@@ -144,6 +152,7 @@ def send(
     Nothing is declared: workers and ``magnetiq topology apply`` own the
     topology, so a producer needs write access to ``magnetiq.tasks`` alone (and to
     ``celery_delayed_27`` for a delayed task: native delayed delivery).
+    ``args`` are positional arguments (the fleet's own tasks take none);
     ``producer`` publishes on a connection of the caller's (its pool by default);
     ``headers`` are added to the message's, and past ``expires`` a worker drops it unstarted.
 
@@ -157,6 +166,7 @@ def send(
     countdown = delay_seconds(**delay)
     return celery_app.send_task(
         task_name,
+        args=args,
         kwargs=kwargs,
         task_id=task_id,
         countdown=countdown,

@@ -1,7 +1,9 @@
 """Bulk publishing for producers that fan out: one channel, streamed publisher confirms.
 
-``enqueue_many`` validates and routes every call first, then publishes the messages
-``send_task`` would, and names every task the broker did not confirm.
+``enqueue_many`` validates (with the task's own model) and routes every call
+first, then publishes the messages ``send_task`` would, as ``app.producer.send``
+does for one: nothing declared, ``mandatory``, confirmed; it names every task
+the broker did not confirm.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def validate_calls(
 
 
 class Destination(NamedTuple):
-    """Where a message goes: exchange name, routing key, and the queue to declare first."""
+    """Where a message goes: exchange name, routing key, and the queue it is routed to."""
 
     exchange: str
     routing_key: str
@@ -174,10 +176,10 @@ def route_calls(task_name: str, calls: Sequence[dict[str, Any]]) -> list[Destina
 
 
 def kwargs_repr(kwargs: Mapping[str, Any], maxsize: int) -> str:
-    """Return Celery's ``kwargsrepr`` header, ``saferepr(kwargs, maxsize)``, ~15x faster.
+    """Return Celery's ``kwargsrepr`` header, ``saferepr(kwargs, maxsize)``, without its walk.
 
     For a short flat dict of plain scalars and printable strings without quotes or backslashes,
-    ``saferepr`` (~30 us) equals ``repr``.
+    ``saferepr`` equals ``repr``; ``tests/unit/test_publisher.py`` checks that they agree.
     """
     if type(kwargs) is dict:
         for key, value in kwargs.items():
@@ -194,12 +196,12 @@ def _plain_text(value: object) -> bool:
     return type(value) is str and value.isprintable() and not _QUOTES.intersection(value)
 
 
-def header_template(task_name: str) -> dict[str, Any]:
+def header_template(task_name: str, group_id: str | None = None) -> dict[str, Any]:
     """Return the protocol-2 headers every message of ``task_name`` shares (as ``AMQP.as_task_v2``)."""
     parent = celery_app.current_worker_task  # called in a task: link to it, as send_task does
     request = parent.request if parent else None
     return {
-        "lang": "py", "task": task_name, "shadow": None, "eta": None, "expires": None, "group": None,
+        "lang": "py", "task": task_name, "shadow": None, "eta": None, "expires": None, "group": group_id,
         "group_index": None, "retries": 0, "timelimit": [None, None],
         "root_id": request and (request.root_id or request.id), "parent_id": request and request.id,
         "argsrepr": saferepr((), celery_app.amqp.argsrepr_maxsize), "origin": anon_nodename(),
@@ -208,10 +210,14 @@ def header_template(task_name: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def task_headers(template: Mapping[str, Any], task_id: str, kwargsrepr: str, sent: float) -> dict[str, Any]:
-    """Return one message's headers: the template plus its ids, ``kwargsrepr`` and ``sent_at``."""
+def task_headers(
+    template: Mapping[str, Any], task_id: str, kwargsrepr: str, sent: float, group_index: int | None = None
+) -> dict[str, Any]:
+    """Return one message's headers: the template plus its ids, ``kwargsrepr``, ``sent_at``, group index."""
     headers = {**template, "timelimit": [None, None], "stamps": {}}  # fresh: receivers may edit them
     headers.update(id=task_id, root_id=template["root_id"] or task_id, kwargsrepr=kwargsrepr, sent_at=sent)
+    if template["group"] is not None:
+        headers["group_index"] = group_index
     return headers
 
 
@@ -236,9 +242,9 @@ def _field(key: str, value: Any) -> bytes:
 
 
 class PropertiesEncoder:
-    """Serializes a task message's AMQP properties byte for byte as py-amqp does, ~5x faster.
+    """Serializes a task message's AMQP properties byte for byte as py-amqp does, encoding less.
 
-    py-amqp encodes all ~20 headers of each message (~40 us). A header still holding the template's
+    py-amqp encodes all ~20 headers of each message. A header still holding the template's
     value (the same object, or an equal one of its type: str, int, None, ``[None, None]``, ``{}``)
     reuses bytes encoded once.
     """
@@ -272,20 +278,22 @@ class _Encoded(amqp.Message):
         return self._properties
 
 
-def message_builder(task_name: str) -> Callable[[str, dict[str, Any], Destination], amqp.Message]:
-    """Return a function building one call's message and firing the publish signals, as ``send_task``."""
-    template, reply_to = header_template(task_name), celery_app.thread_oid
+def message_builder(
+    task_name: str, group_id: str | None = None
+) -> Callable[[int, str, dict[str, Any], Destination], amqp.Message]:
+    """Return a function building call ``i``'s message and firing the publish signals, as ``send_task``."""
+    template, reply_to = header_template(task_name, group_id), celery_app.thread_oid
     encoder, maxsize = PropertiesEncoder(template, reply_to), celery_app.amqp.kwargsrepr_maxsize
     before, after = signals.before_task_publish, signals.after_task_publish
 
-    def build(task_id: str, kwargs: dict[str, Any], to: Destination) -> amqp.Message:
-        headers = task_headers(template, task_id, kwargs_repr(kwargs, maxsize), time.time())
+    def build(index: int, task_id: str, kwargs: dict[str, Any], to: Destination) -> amqp.Message:
+        headers = task_headers(template, task_id, kwargs_repr(kwargs, maxsize), time.time(), index)
         properties = {"correlation_id": task_id, "reply_to": reply_to}
         embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
         body = ((), kwargs, embed)
         if before.receivers:  # e.g. app.celery_app.stamp_sent_at; they may edit all three
             before.send(sender=task_name, body=body, exchange=to.exchange, routing_key=to.routing_key,
-                        declare=[to.queue] if to.queue else [], headers=headers, properties=properties,
+                        declare=[], headers=headers, properties=properties,
                         retry_policy=None)  # fmt: skip
         if properties == {"correlation_id": task_id, "reply_to": reply_to} and embed == _NO_EMBED:
             message: amqp.Message = _Encoded(task_body(kwargs), encoder.encode(headers, task_id))
@@ -314,40 +322,58 @@ def _wait(connection: Any, done: Callable[[], bool], timeout: float) -> bool:
 
 
 def _stream(
-    conn: Connection, task_name: str, jobs: list[_Job], tracker: ConfirmTracker, window: int, timeout: float
+    conn: Connection,
+    task_name: str,
+    jobs: list[_Job],
+    tracker: ConfirmTracker,
+    window: int,
+    timeout: float,
+    group_id: str | None,
 ) -> str | None:
-    """Publish the jobs, stopping at the first refusal; return why it failed, or None."""
+    """Publish the jobs, stopping at the first refusal; return why it failed, or None.
+
+    Nothing is declared (workers and ``magnetiq topology apply`` own the topology,
+    so the producer account's write permission suffices); ``mandatory`` turns a
+    task no queue is bound for into a named failure.
+    """
     channel: Any = conn.channel()  # py-amqp's channel (the kombu stubs lack ``events``)
-    for queue in {to.queue for _, _, to in jobs if to.queue is not None}:
-        queue.bind(channel).declare()  # as send_task does: its exchange, queue and binding exist
     channel.events["basic_ack"].add(tracker.on_ack)
     channel.events["basic_nack"].add(tracker.on_nack)
     channel.events["basic_return"].add(tracker.on_return)
     channel.confirm_select()
-    # basic_publish minus its drain_events(timeout=0) per message (~50 us here); _wait reads confirms.
-    publish, build = partial(channel.send_method, spec.Basic.Publish, "Bssbb"), message_builder(task_name)
-    for task_id, kwargs, to in jobs:
+    # basic_publish minus its drain_events(timeout=0) per message; _wait reads confirms.
+    # Why: tests/bench/README.md, "Bulk publish".
+    publish = partial(channel.send_method, spec.Basic.Publish, "Bssbb")
+    build = message_builder(task_name, group_id)
+    for index, (task_id, kwargs, to) in enumerate(jobs):
         if tracker.in_flight >= window and not _wait(
             conn.connection, lambda: tracker.in_flight < window, timeout
         ):
             return f"no confirm within {timeout}s"
         if tracker.failed:
             break
-        publish((0, to.exchange, to.routing_key, True, False), build(task_id, kwargs, to))  # mandatory
+        publish((0, to.exchange, to.routing_key, True, False), build(index, task_id, kwargs, to))  # mandatory
         tracker.published += 1
     if not _wait(conn.connection, lambda: tracker.in_flight == 0, timeout):
         return f"no confirm within {timeout}s"
     return f"the broker refused {tracker.failed} publishes" if tracker.failed else None
 
 
-def _publish(task_name: str, jobs: list[_Job], tracker: ConfirmTracker, window: int, timeout: float) -> None:
+def _publish(
+    task_name: str,
+    jobs: list[_Job],
+    tracker: ConfirmTracker,
+    window: int,
+    timeout: float,
+    group_id: str | None,
+) -> None:
     """Publish on a fresh connection without kombu's one-at-a-time confirms."""
     connection = celery_app.connection_for_write(
         transport_options={"confirm_publish": False, "read_timeout": timeout, "write_timeout": timeout}
     )
     try:
         connection.connect()
-        reason = _stream(connection, task_name, jobs, tracker, window, timeout)
+        reason = _stream(connection, task_name, jobs, tracker, window, timeout, group_id)
     except (AMQPError, KombuError, OSError) as exc:
         reason = f"publishing failed: {exc!r}"
     try:
@@ -365,6 +391,7 @@ def enqueue_many(
     model: type[contracts.Arguments] | None = None,
     window: int = 1000,
     timeout: float = 30.0,
+    group_id: str | None = None,
 ) -> list[AsyncResult[Any]]:
     """Publish one ``task_name`` task per call; return once the broker confirmed every one.
 
@@ -374,10 +401,13 @@ def enqueue_many(
     Args:
         task_name: the task's dotted name (a ``contracts`` constant).
         calls: one keyword-arguments mapping per task.
-        model: the task's argument model, to validate each call against.
+        model: the model to validate each call with; None: the task's own
+            (``contracts.ARGUMENT_MODELS``), and none for a task the fleet does not define.
         window: most messages published and not yet confirmed.
         timeout: seconds each wait for confirms (window full, or at the end) may
             last; also bounds each socket read and write.
+        group_id: publish the tasks as one group (Celery's ``group`` header and
+            ``group_index``), as ``group(...).apply_async()`` does.
 
     Returns:
         One result per call, in call order.
@@ -390,10 +420,10 @@ def enqueue_many(
     """
     if window < 1 or timeout <= 0:
         raise ValueError(f"window must be >= 1 and timeout > 0, not {window} and {timeout}")
-    kwargs = validate_calls(task_name, calls, model)
+    kwargs = validate_calls(task_name, calls, model or contracts.ARGUMENT_MODELS.get(task_name))
     task_ids = [uuid() for _ in kwargs]
     jobs = list(zip(task_ids, kwargs, route_calls(task_name, kwargs), strict=True))
     if jobs:
-        _publish(task_name, jobs, ConfirmTracker(task_ids), window, timeout)
+        _publish(task_name, jobs, ConfirmTracker(task_ids), window, timeout, group_id)
     result_cls, backend = celery_app.AsyncResult, celery_app.backend
     return [result_cls(task_id, backend=backend) for task_id in task_ids]

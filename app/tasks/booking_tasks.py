@@ -27,7 +27,7 @@ from app.tasks.notify import EmailNotifier, publish
 #: Errors that may pass: database connection loss, lock and statement timeouts,
 #: deadlocks (all OperationalError), and a provider that is down or slow.
 TRANSIENT = (OperationalError, PaymentProviderUnavailable)
-notifier = EmailNotifier(celery_app)
+notifier = EmailNotifier()
 
 
 def booking_task(
@@ -73,11 +73,9 @@ def import_bookings(self: FleetTask, import_id: int) -> str:
     """Validate an uploaded CSV, then fan out its chunks (or close it when none is left)."""
     chunks = imports.start_import(resources.engine(), import_id, get_settings().booking_import_chunk_size)
     if chunks:
-        publish(
-            celery_app, contracts.IMPORT_BOOKING_CHUNK, [{"import_id": import_id, "chunk": c} for c in chunks]
-        )
+        publish(contracts.IMPORT_BOOKING_CHUNK, [{"import_id": import_id, "chunk": c} for c in chunks])
     else:
-        publish(celery_app, contracts.FINISH_BOOKING_IMPORT, [{"import_id": import_id}])
+        publish(contracts.FINISH_BOOKING_IMPORT, [{"import_id": import_id}])
     return f"Import {import_id}: {len(chunks)} chunks queued"
 
 
@@ -85,7 +83,7 @@ def import_bookings(self: FleetTask, import_id: int) -> str:
 def import_booking_chunk(self: FleetTask, import_id: int, chunk: int) -> str:
     """Book one chunk of an import; the last chunk to finish queues the summary task."""
     if imports.import_chunk(resources.engine(), import_id, chunk):
-        publish(celery_app, contracts.FINISH_BOOKING_IMPORT, [{"import_id": import_id}])
+        publish(contracts.FINISH_BOOKING_IMPORT, [{"import_id": import_id}])
     return f"Import {import_id} chunk {chunk} done"
 
 

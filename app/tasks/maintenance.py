@@ -22,7 +22,7 @@ from app.tasks.notify import EmailNotifier
 from routing import names
 
 #: Booking emails (expiry notices, reminders) are published by name to the ``email`` queue.
-notifier = EmailNotifier(celery_app)
+notifier = EmailNotifier()
 
 
 def periodic_task(

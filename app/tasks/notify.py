@@ -1,13 +1,19 @@
-"""Follow-up publishing for booking tasks: emails by task name (the domain's ``Notifier``), fan-outs."""
+"""Follow-up publishing for booking tasks: emails by task name (the domain's ``Notifier``), fan-outs.
+
+Both go through the fleet's publish core (``app.producer``): validated with the
+task's own model, ``mandatory``, confirmed before the calling task returns.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery, group
+from kombu.utils.uuid import uuid
 
 from app import contracts
 from app.booking.notices import Kind, Notice
+from app.producer import enqueue_many
+from app.producer import publish as publish_one
 
 #: The email task each kind of booking email is sent by (queue ``email``).
 EMAIL_TASKS: dict[Kind, str] = {
@@ -36,20 +42,22 @@ def email_kwargs(kind: Kind, notice: Notice) -> dict[str, Any]:
 
 
 class EmailNotifier:
-    """Chains booking emails by name: one signature, or a group for a fan-out (publisher confirms)."""
-
-    def __init__(self, app: Celery) -> None:
-        self._app = app
+    """Publishes booking emails by name: one task, or a group for a fan-out (publisher confirms)."""
 
     def send(self, kind: Kind, notices: list[Notice]) -> None:
         """Publish one email task per notice; returns when the broker confirmed them."""
-        publish(self._app, EMAIL_TASKS[kind], [email_kwargs(kind, notice) for notice in notices])
+        publish(EMAIL_TASKS[kind], [email_kwargs(kind, notice) for notice in notices])
 
 
-def publish(app: Celery, task_name: str, calls: list[dict[str, Any]]) -> None:
-    """Publish ``task_name`` once per keyword set, by name: one message, or a group for many."""
-    signatures = [app.signature(task_name, kwargs=kwargs) for kwargs in calls]
-    if len(signatures) == 1:
-        signatures[0].apply_async()
-    elif signatures:
-        group(signatures).apply_async()
+def publish(task_name: str, calls: list[dict[str, Any]]) -> None:
+    """Publish ``task_name`` once per keyword set: one message, or a group for many.
+
+    Raises:
+        contracts.InvalidTaskArguments: a call is invalid; nothing was published.
+        app.publisher.PublishError: the broker did not confirm some of a group
+            (the error names each; the calling task fails with it).
+    """
+    if len(calls) == 1:
+        publish_one(task_name, None, calls[0])
+    elif calls:
+        enqueue_many(task_name, calls, group_id=uuid())

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import chain, chord, group
+from kombu.utils.uuid import uuid
 
 from app import producer
 from app.celery_app import celery_app
@@ -48,7 +49,16 @@ def calls(later: datetime) -> dict[str, Callable[[], list[str]]]:
             producer.enqueue_welcome_email("enqcd@example.com", "Enqcd", countdown=DELAY).id
         ],
         "enqueue_eta": lambda: [producer.enqueue_welcome_email("enqeta@example.com", "Enqeta", eta=later).id],
+        "enqueue_many": lambda: [r.id for r in producer.enqueue_many(SEND_WELCOME_EMAIL, many("many", 2))],
+        "enqueue_many_group": lambda: [
+            r.id for r in producer.enqueue_many(SEND_WELCOME_EMAIL, many("grouped", 2), group_id=uuid())
+        ],
     }
+
+
+def many(user: str, count: int) -> list[dict[str, str]]:
+    """Welcome-email keyword arguments for ``<user>1@example.com`` .. ``<user><count>@example.com``."""
+    return [{"user_email": f"{user}{i}@example.com", "user_name": user.title()} for i in range(1, count + 1)]
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ RECIPIENTS = {
     f"{user}@example.com"
     for user in (
         "ana", "cd", "eta", "st", "chain1", "chain2", "group1", "group2",
-        "chord1", "chord2", "chordbody", "enq", "enqcd", "enqeta",
+        "chord1", "chord2", "chordbody", "enq", "enqcd", "enqeta", "many1", "many2", "grouped1", "grouped2",
     )
 }  # fmt: skip
 
@@ -147,7 +147,8 @@ def test_the_seed_calls_run_as_the_producer_and_drain_as_the_worker(
 ) -> None:
     # given workers connected as the worker account
     # when the seed's calls (.delay, countdown, eta, send_task, chain, group, chord) and the
-    # producer helpers (with countdown and eta) run connected as the producer account
+    # producer helpers (with countdown and eta, and enqueue_many, plain and as a group) run
+    # connected as the producer account
     published = run_producer_calls(node)
 
     # then the broker took every one

@@ -113,10 +113,23 @@ def test_an_invalid_call_publishes_nothing(broker: Connection) -> None:
     calls = welcome_calls(10)
     calls[3]["user_email"] = "not-an-address"
 
-    # when they are published in bulk, then the bad call is named and nothing reaches the broker
+    # when they are published in bulk (checked with the task's own model, none named)
+    # then the bad call is named and nothing reaches the broker
     with pytest.raises(contracts.InvalidTaskArguments, match=r"^call #3: .*user_email"):
-        producer.enqueue_many(contracts.SEND_WELCOME_EMAIL, calls, model=contracts.WelcomeEmailArgs)
+        producer.enqueue_many(contracts.SEND_WELCOME_EMAIL, calls)
     assert queue_depth(broker, names.EMAIL)[0] == 0
+
+
+def test_a_group_publishes_each_member_with_the_group_id_and_its_place(broker: Connection) -> None:
+    # when three welcome emails are published in bulk as one group
+    results = producer.enqueue_many(contracts.SEND_WELCOME_EMAIL, welcome_calls(3), group_id="welcome-batch")
+
+    # then each message carries the group and its index, as group(...).apply_async() sends them
+    with broker.channel() as channel:
+        messages = [channel.basic_get(names.EMAIL, no_ack=True) for _ in results]
+    assert [(m.headers["id"], m.headers["group"], m.headers["group_index"]) for m in messages] == [
+        (result.id, "welcome-batch", index) for index, result in enumerate(results)
+    ]
 
 
 def fleet_depths(broker: Connection) -> list[int]:

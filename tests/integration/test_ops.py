@@ -233,6 +233,22 @@ def test_publish_refuses_what_would_fail(broker: Connection, args: list[str], er
     assert queue_depth(broker, names.BOOKING)[0] == 0
 
 
+def test_publish_of_a_task_no_queue_is_bound_for_fails_instead_of_vanishing(broker: Connection) -> None:
+    # given a broker where the maintenance queue is gone (deleted by hand, never re-declared)
+    with broker.channel() as channel:
+        channel.queue_delete(names.MAINTENANCE)
+    try:
+        # when a maintenance task is published by name
+        result = CliRunner().invoke(main, ["publish", "app.tasks.maintenance.expire_results"])
+    finally:
+        declare_topology(broker)
+
+    # then the broker's return (mandatory) is the command's error, with what to do
+    assert result.exit_code != 0
+    assert "was not queued" in result.output
+    assert "topology apply" in result.output
+
+
 def test_dlq_replay_stops_at_a_task_without_a_route(broker: Connection) -> None:
     # given a dead-lettered message that names a task the fleet does not route
     celery_app.send_task("old.task", task_id="legacy-1")  # unrouted: the default queue, booking

@@ -10,6 +10,7 @@ import pytest
 from app import contracts, producer
 from app.booking.notices import Notice
 from app.contracts import InvalidTaskArguments, validate_arguments
+from app.tasks import notify
 from app.tasks.notify import EMAIL_TASKS, email_kwargs
 from routing.routes import route_task
 
@@ -130,3 +131,13 @@ def test_email_tasks_are_the_email_queues_names() -> None:
     for name in EMAIL_TASKS.values():
         route = route_task(name, (), {}, {})
         assert route is not None and route["queue"] == "email"
+
+
+@pytest.mark.parametrize("count", [1, 3], ids=["one", "group"])
+def test_follow_up_emails_are_validated_with_the_tasks_own_model_before_publishing(count: int) -> None:
+    # given booking email calls whose address is malformed
+    calls = [{"to": "not-an-address", "name": "Ada", "booking_ref": "BK-1", "resource": "Room"}] * count
+
+    # when a booking task publishes them, then the contract refuses them before any connection
+    with pytest.raises(InvalidTaskArguments, match="to"):
+        notify.publish(contracts.SEND_BOOKING_EXPIRED, calls)

@@ -183,7 +183,7 @@ def test_built_message_is_a_persistent_json_task_message() -> None:
 
     # when one message is built
     before = time.time()
-    message = build(TASK_ID, dict(EMAIL), TO_EMAIL)
+    message = build(0, TASK_ID, dict(EMAIL), TO_EMAIL)
 
     # then a consumer decodes Celery's protocol-2 message, stamped with sent_at
     properties = decoded(message._serialize_properties())
@@ -206,6 +206,19 @@ def test_built_message_is_a_persistent_json_task_message() -> None:
     assert message.body == publisher.task_body(EMAIL)
 
 
+def test_a_group_member_carries_the_group_id_and_its_index() -> None:
+    # given a builder for one group's welcome emails
+    build = publisher.message_builder(contracts.SEND_WELCOME_EMAIL, group_id="group-1")
+
+    # when its fourth member is built
+    message = build(3, TASK_ID, dict(EMAIL), TO_EMAIL)
+
+    # then the headers name the group and the member's place, as group(...).apply_async() does
+    headers = decoded(message._serialize_properties())["application_headers"]
+    assert (headers["group"], headers["group_index"]) == ("group-1", 3)
+    assert reference_properties(headers) == message._serialize_properties()
+
+
 def test_builder_fires_publish_signals_and_honours_their_edits() -> None:
     # given receivers that add a header, a property and a link, and one that watches publishes
     seen: list[str] = []
@@ -222,7 +235,7 @@ def test_builder_fires_publish_signals_and_honours_their_edits() -> None:
     signals.after_task_publish.connect(watch, weak=False)
     try:
         # when a message is built
-        message = publisher.message_builder(contracts.SEND_WELCOME_EMAIL)(TASK_ID, dict(EMAIL), TO_EMAIL)
+        message = publisher.message_builder(contracts.SEND_WELCOME_EMAIL)(0, TASK_ID, dict(EMAIL), TO_EMAIL)
     finally:
         signals.before_task_publish.disconnect(edit)
         signals.after_task_publish.disconnect(watch)

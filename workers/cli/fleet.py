@@ -7,11 +7,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
-from amqp.exceptions import NotFound
+from amqp.exceptions import ChannelError, NotFound
+from celery.exceptions import QueueNotFound
 
 from app import contracts
 from app.celery_app import celery_app
 from app.db import engine_for
+from app.producer import publish as publish_task
+from app.producer import send
 from app.settings import get_settings
 from routing import names
 from routing.routes import queue_for
@@ -19,13 +22,6 @@ from workers.cli.capacity import measure, workers_needed
 from workers.cli.connections import broker_connection, database_errors
 from workers.cli.queue_stats import ManagementAPI, QueueStats, passive_counts, read_stats
 from workers.profiles import PROFILES
-
-#: Argument models of the tasks the fleet defines: ``publish`` validates with them, as producers do.
-ARGUMENT_MODELS: dict[str, type[contracts.Arguments]] = {
-    contracts.SEND_WELCOME_EMAIL: contracts.WelcomeEmailArgs,
-    contracts.PROCESS_PAYMENT: contracts.ProcessPaymentArgs,
-    contracts.CLEANUP_OLD_SESSIONS: contracts.NoArgs,
-}
 
 
 def duration(seconds: float | None) -> str:
@@ -97,18 +93,22 @@ def publish(task_name: str, args_: Any, kwargs: Any, countdown: float | None, wa
         raise click.BadParameter("--args must be a JSON list and --kwargs a JSON object")
     if queue_for(task_name) is None:
         raise click.ClickException(f"{task_name}: no route to a fleet queue (a typo?)")
-    model = ARGUMENT_MODELS.get(task_name)
-    if model is not None:
-        if args_:
-            raise click.BadParameter(f"{task_name} takes keyword arguments only: use --kwargs")
-        try:
-            kwargs = contracts.validate_arguments(task_name, model, kwargs).model_dump(mode="json")
-        except contracts.InvalidTaskArguments as exc:
-            raise click.ClickException(str(exc)) from exc
-    with broker_connection(get_settings()) as connection:
-        result = celery_app.send_task(
-            task_name, args=args_, kwargs=kwargs, countdown=countdown, connection=connection
-        )
+    model = contracts.ARGUMENT_MODELS.get(task_name)
+    if model is not None and args_:
+        raise click.BadParameter(f"{task_name} takes keyword arguments only: use --kwargs")
+    with broker_connection(get_settings()):
+        pass  # reachable (or one clear line); publishing then takes the app's pool, as producers do
+    try:
+        if model is None:  # routed to a fleet queue, but not a task the fleet defines
+            result = send(task_name, kwargs, args=args_, countdown=countdown)
+        else:
+            result = publish_task(task_name, model, kwargs, countdown=countdown)
+    except (contracts.InvalidTaskArguments, ValueError, QueueNotFound) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except ChannelError as exc:  # mandatory: no queue bound, so the broker returned it
+        raise click.ClickException(
+            f"{task_name} was not queued ({exc}): run `magnetiq topology apply`"
+        ) from exc
     click.echo(f"published {task_name} id={result.id} queue={queue_for(task_name)}")
     if wait is not None:
         value = result.get(timeout=wait, propagate=False)
