@@ -3,9 +3,15 @@
 Celery's stock ``DatabaseBackend`` opens a connection per stored result outside
 forked children, builds a backend per greenlet under gevent, and locks the row
 before each write. This backend keeps Celery's result API (``AsyncResult``,
-groups, chords through ``chord_unlock``) and stores each state change with a
-single ``INSERT ... ON CONFLICT DO UPDATE`` whose ``WHERE`` clause keeps a
-finished result from being overwritten by a late duplicate. A write that
+groups, chords) and stores each state change with a single ``INSERT ... ON
+CONFLICT DO UPDATE`` whose ``WHERE`` clause keeps a finished result from being
+overwritten by a late duplicate.
+
+Chords are native: no ``chord_unlock`` task polls for them. A chord gets a
+counter row before its header is published; each header task, as it finishes,
+counts itself once (a redelivered task is not counted again) under the row's
+lock, and the one that completes the header joins the results (one query) and
+publishes the body, marking the chord fired in the same transaction. A write that
 belongs with a task's outcome (the mail ledger's "sent" mark) can ride in the
 same round trip and transaction (``commit_with_result``); one the database
 refuses is never dropped: the task is published again to finish it.
@@ -14,13 +20,16 @@ refuses is never dropped: the task is published again to finish it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from celery import signals, states
 from celery.backends.base import BaseBackend
-from celery.result import GroupResult, result_from_tuple
+from celery.canvas import Signature, maybe_signature
+from celery.exceptions import ChordError, TimeoutError
+from celery.result import GroupResult, allow_join_result, result_from_tuple
 from kombu.utils.json import dumps, loads
 from psycopg2 import DatabaseError, InterfaceError, OperationalError
 
@@ -52,6 +61,19 @@ SELECT status, result::text, traceback, children::text, date_done FROM task_resu
 """,
 }
 _UPSERT = "EXECUTE magnetiq_store_result (%s, %s, %s, %s, %s, %s, %s)"
+_SELECT_MANY = """
+SELECT task_id, status, result::text, traceback, children::text, date_done
+FROM task_results WHERE task_id = ANY(%s) AND status = ANY(%s)
+"""
+_CREATE_CHORD = (
+    "INSERT INTO chord_counters (group_id, size) VALUES (%s, %s) ON CONFLICT (group_id) DO NOTHING"
+)
+#: Statements of one header task's return, in one transaction: lock the chord,
+#: count the task once, read the count, claim the body if the header is complete.
+_LOCK_CHORD = "SELECT size, fired_at IS NOT NULL FROM chord_counters WHERE group_id = %s FOR UPDATE"
+_COUNT_PART = "INSERT INTO chord_parts (group_id, task_id) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+_BUMP_CHORD = "UPDATE chord_counters SET done = done + %s, size = %s WHERE group_id = %s RETURNING done"
+_FIRE_CHORD = "UPDATE chord_counters SET fired_at = now() WHERE group_id = %s"
 _SELECT = "EXECUTE magnetiq_get_result (%s)"
 _SAVE_GROUP = """
 INSERT INTO group_results (group_id, result, date_done) VALUES (%s, %s, %s)
@@ -78,6 +100,10 @@ class PostgresBackend(BaseBackend):
 
     #: Connection errors retried with backoff (``result_backend_always_retry``).
     RETRYABLE = (OperationalError, InterfaceError)
+    #: ``GroupResult.get()`` and chords collect a group with ``get_many``: one query per round.
+    supports_native_join = True
+    app: Any  # set by Celery's Backend.__init__
+    _cache: Any  # Celery's cache of ready results, by task id
 
     def __init__(self, app: Any = None, url: str | None = None, **kwargs: Any) -> None:
         super().__init__(app=app, url=url, **kwargs)
@@ -90,19 +116,26 @@ class PostgresBackend(BaseBackend):
         self.synchronous_commit = bool(options.get("synchronous_commit", True))
 
     # -- connections -----------------------------------------------------
-    def _execute(
-        self, sql: str, params: Any, fetch: bool = False, riders: Sequence[tuple[str, Any]] = ()
-    ) -> Any:
+    def _connection(self) -> Any:
         # All 30 connections are kept once opened: an overflow connection is
         # closed when returned, which under the gevent pool meant a new server
         # session (a PostgreSQL process) for most results.
-        connection = engine_for(
+        return engine_for(
             self.url,
             pool_size=30,
             max_overflow=0,
             autocommit=True,
             synchronous_commit=self.synchronous_commit,
         ).raw_connection()
+
+    def _execute(
+        self,
+        sql: str,
+        params: Any,
+        fetch: bool | Literal["all"] = False,
+        riders: Sequence[tuple[str, Any]] = (),
+    ) -> Any:
+        connection = self._connection()
         try:
             cursor = connection.cursor()
             try:
@@ -117,6 +150,8 @@ class PostgresBackend(BaseBackend):
                     cursor.execute(b";\n".join(bound))
                 else:
                     cursor.execute(sql, params)
+                if fetch == "all":
+                    return cursor.fetchall()
                 return cursor.fetchone() if fetch else cursor.rowcount
             finally:
                 cursor.close()
@@ -217,6 +252,58 @@ class PostgresBackend(BaseBackend):
             }
         )
 
+    def get_many(
+        self,
+        task_ids: Iterable[str],
+        timeout: float | None = None,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        on_message: Callable[[dict[str, Any]], None] | None = None,
+        on_interval: Callable[[], None] | None = None,
+        max_iterations: int | None = None,
+        READY_STATES: frozenset[str] = states.READY_STATES,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield ``(task_id, meta)`` for each task as it is ready: one query per round for all still waiting.
+
+        Raises:
+            celery.exceptions.TimeoutError: ``timeout`` seconds passed with tasks still waiting.
+        """
+        waiting = set(task_ids)
+        for task_id in list(waiting):
+            cached = self._cache.get(task_id)
+            if cached is not None and cached["status"] in READY_STATES:
+                waiting.discard(task_id)
+                yield task_id, cached
+        deadline = None if timeout is None else time.monotonic() + timeout
+        rounds = 0
+        while waiting:
+            rows = self._execute(_SELECT_MANY, (sorted(waiting), sorted(READY_STATES)), fetch="all")
+            for task_id, status, result, traceback, children, date_done in rows:
+                meta = self.meta_from_decoded(
+                    {
+                        "task_id": task_id,
+                        "status": status,
+                        "result": _load(result),
+                        "traceback": traceback,
+                        "children": _load(children) or [],
+                        "date_done": date_done,
+                    }
+                )
+                self._cache[task_id] = meta
+                waiting.discard(task_id)
+                if on_message is not None:
+                    on_message(meta)
+                yield task_id, meta
+            rounds += 1
+            if not waiting or (max_iterations is not None and rounds >= max_iterations):
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"Operation timed out ({timeout})")
+            if on_interval is not None:
+                on_interval()
+            nap = interval if deadline is None else min(interval, max(0.0, deadline - time.monotonic()))
+            time.sleep(nap)
+
     def _forget(self, task_id: str) -> None:
         self._execute("DELETE FROM task_results WHERE task_id = %s", (task_id,))
 
@@ -233,12 +320,95 @@ class PostgresBackend(BaseBackend):
             return None
         return {
             "group_id": group_id,
-            "result": result_from_tuple(_load(row[0]), self.app),  # type: ignore[attr-defined]
+            "result": result_from_tuple(_load(row[0]), self.app),
             "date_done": row[1],
         }
 
     def _delete_group(self, group_id: str) -> None:
         self._execute("DELETE FROM group_results WHERE group_id = %s", (group_id,))
+
+    # -- chords ----------------------------------------------------------
+    def apply_chord(self, header_result_args: Any, body: Signature[Any], **kwargs: Any) -> None:
+        """Save the header's group and create the chord's counter; publish no ``chord_unlock``.
+
+        Celery calls this before it publishes the header, so the counter exists
+        before any header task can finish.
+        """
+        self.ensure_chords_allowed()
+        header = self.app.GroupResult(*header_result_args)
+        header.save(backend=self)
+        self._execute(_CREATE_CHORD, (header.id, len(header.results)))
+
+    def set_chord_size(self, group_id: str, chord_size: int) -> None:
+        """Record the header's size as Celery counts it (a nested group's tasks each count)."""
+        self._execute("UPDATE chord_counters SET size = %s WHERE group_id = %s", (chord_size, group_id))
+
+    def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> None:
+        """Count a finished header task once; the one that completes the header publishes the body.
+
+        The chord's row is locked for the count, so two tasks finishing at the
+        same moment are counted one after the other and only one sees the
+        header complete; a redelivered task finds itself counted already. The
+        body is published (with publisher confirms) before the transaction that
+        marks the chord fired commits: a worker killed in between leaves the
+        chord unfired, and the header task's redelivery publishes the body again
+        under the same task id.
+        """
+        group_id = request.group
+        if not group_id or not request.chord:
+            return
+        callback = maybe_signature(request.chord, app=self.app)
+        assert callback is not None  # request.chord is a signature's dict
+        connection = self._connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute("BEGIN")
+                cursor.execute(_LOCK_CHORD, (group_id,))
+                row = cursor.fetchone()
+                if row is None:
+                    cursor.execute("ROLLBACK")
+                    log.error("chord %s: no counter (expired or never created); failing its body", group_id)
+                    self.chord_error_from_stack(callback, ChordError(f"chord {group_id} no longer exists"))
+                    return
+                size, fired = request.chord.get("chord_size") or row[0], row[1]
+                cursor.execute(_COUNT_PART, (group_id, request.id))
+                cursor.execute(_BUMP_CHORD, (cursor.rowcount, size, group_id))
+                done = cursor.fetchone()[0]
+                if done >= size and not fired:
+                    cursor.execute(_FIRE_CHORD, (group_id,))
+                    self._fire(group_id, callback)
+                cursor.execute("COMMIT")
+            except BaseException:
+                if not connection.closed:
+                    cursor.execute("ROLLBACK")
+                raise
+            finally:
+                cursor.close()
+        except self.RETRYABLE:
+            connection.invalidate()
+            raise
+        finally:
+            connection.close()
+
+    def _fire(self, group_id: str, callback: Any) -> None:
+        """Join the complete header (one query) and publish the body, or fail it as Celery would."""
+        header = GroupResult.restore(group_id, backend=self)
+        if header is None:
+            self.chord_error_from_stack(callback, ChordError(f"GroupResult {group_id} no longer exists"))
+            return
+        try:
+            with allow_join_result():
+                values = header.join_native(timeout=self.app.conf.result_chord_join_timeout, propagate=True)
+        except Exception as exc:
+            culprit = next((r for r in header.results or () if r.state in states.PROPAGATE_STATES), None)
+            reason = f"Dependency {culprit.id} raised {exc!r}" if culprit is not None else repr(exc)
+            log.warning("chord %s: %s", group_id, reason)
+            error = ChordError(reason)
+            error.__cause__ = exc
+            self.chord_error_from_stack(callback, error)
+            return
+        callback.apply_async((values,), mandatory=True)
 
     # -- expiry ----------------------------------------------------------
     def cleanup(self) -> int:  # type: ignore[override]
@@ -251,7 +421,8 @@ class PostgresBackend(BaseBackend):
             return 0
         cutoff = datetime.now(UTC) - timedelta(seconds=self.expires)
         deleted = 0
-        for table, key in (("task_results", "task_id"), ("group_results", "group_id")):
+        tables = (("task_results", "task_id"), ("group_results", "group_id"), ("chord_counters", "group_id"))
+        for table, key in tables:
             sql = _CLEANUP.format(table=table, key=key)
             while (count := self._execute(sql, (cutoff, CLEANUP_BATCH))) > 0:
                 deleted += count

@@ -55,6 +55,29 @@ group_results = Table(
     Index("ix_group_results_date_done", "date_done"),
 )
 
+#: One row per chord: its header's size, how many header tasks were counted, and
+#: when the task that completed it published the body (``app.result_backend``).
+chord_counters = Table(
+    "chord_counters",
+    metadata,
+    Column("group_id", String(155), primary_key=True),
+    Column("size", Integer, nullable=False),
+    Column("done", Integer, nullable=False, server_default=text("0")),
+    Column("fired_at", DateTime(timezone=True)),
+    Column("date_done", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_chord_counters_date_done", "date_done"),
+)
+
+#: One row per header task counted towards its chord: a redelivered task is counted once.
+chord_parts = Table(
+    "chord_parts",
+    metadata,
+    Column(
+        "group_id", String(155), ForeignKey("chord_counters.group_id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("task_id", String(155), primary_key=True),
+)
+
 #: Web sessions of the FastAPI product; maintenance expires old ones.
 sessions = Table(
     "sessions",

@@ -233,7 +233,7 @@ class Chaos:
         with self.engine.begin() as db:
             tables = (
                 "payments, task_results, task_outbox, chaos_executions, chaos_effects, email_deliveries, "
-                "periodic_runs, beat_leases"
+                "periodic_runs, beat_leases, chord_counters, chord_parts, group_results"
             )
             db.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
 

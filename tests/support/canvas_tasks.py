@@ -1,0 +1,44 @@
+"""Test-only tasks for chains, groups and chords, never part of the fleet (``--include``, ``INCLUDE``).
+
+Unrouted, so they go to the default queue (booking). ``tally`` appends a line to
+a file per run: the tests count a body's runs from that file, not from the result.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from app.celery_app import celery_app
+
+#: Worker arguments that load this module.
+INCLUDE = ("--include", "tests.support.canvas_tasks")
+
+
+@celery_app.task(name="tests.canvas.add")
+def add(x: int, y: int, pause: float = 0.0) -> int:
+    """Return ``x + y`` after ``pause`` seconds."""
+    time.sleep(pause)
+    return x + y
+
+
+@celery_app.task(name="tests.canvas.fail")
+def fail(message: str) -> None:
+    """Raise ``ValueError(message)``."""
+    raise ValueError(message)
+
+
+@celery_app.task(name="tests.canvas.tally")
+def tally(values: Any, path: str) -> Any:
+    """Append one line per run to ``path``; return ``values`` (a chord body's header results)."""
+    with open(path, "a", encoding="utf-8") as runs:
+        runs.write(f"{os.getpid()}\n")
+    return values
+
+
+@celery_app.task(name="tests.canvas.on_error")
+def on_error(request: Any, exc: Any, traceback: Any, path: str) -> None:
+    """An errback: append one line per call to ``path``."""
+    with open(path, "a", encoding="utf-8") as calls:
+        calls.write(f"{type(exc).__name__}\n")
