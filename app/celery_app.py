@@ -35,7 +35,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_always_retry": True,  # ride out a database restart
         "result_backend_max_retries": 10,
         "result_expires": settings.result_expires,
-        "result_extended": False,  # args may carry personal data: never stored
+        # Arguments may carry personal data: stored only when asked, secret fields redacted.
+        "result_extended": settings.result_extended,
         # JSON, or JSON signed with the auth serializer when TASK_SIGNING_* are set.
         "accept_content": ["auth"] if settings.signing else ["json"],
         "result_accept_content": ["json"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
@@ -64,6 +65,10 @@ TASK_NAMES = (
     SEND_TOMORROWS_REMINDERS,
 )
 
+#: Marks a field secret: an extended result stores it as ``REDACTED`` (``redacted``).
+SECRET = Field(json_schema_extra={"secret": True})
+#: What a secret field's value is stored as.
+REDACTED = "***"
 #: A single-line string: no CR, LF or other control characters (header safety).
 SingleLine = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
 #: A longer single-line text (a cancellation reason).
@@ -176,7 +181,7 @@ class PasswordResetArgs(Arguments):
 
     to: EmailStr
     name: SingleLine
-    reset_url: WebUrl
+    reset_url: Annotated[WebUrl, SECRET]
     expires_minutes: Annotated[int, Field(gt=0, le=7 * 24 * 60)]
     idempotency_key: IdempotencyKey | None = None
 
@@ -287,6 +292,29 @@ ARGUMENT_MODELS: dict[str, type[Arguments]] = {
     EXPIRE_PENDING_BOOKINGS: PeriodicArgs,
     SEND_TOMORROWS_REMINDERS: PeriodicArgs,
 }
+
+
+def redacted(task_name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with every field the task's contract marks secret replaced by ``REDACTED``."""
+    secret = secret_fields(task_name)
+    return {key: REDACTED if key in secret else value for key, value in kwargs.items()}
+
+
+def has_secrets(task_name: str) -> bool:
+    """Whether the task's contract marks any field secret."""
+    return secret_fields(task_name) != set()
+
+
+def secret_fields(task_name: str) -> set[str]:
+    """The names of the fields the task's contract marks secret."""
+    model = ARGUMENT_MODELS.get(task_name)
+    if model is None:
+        return set()
+    return {
+        name
+        for name, field in model.model_fields.items()
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("secret")
+    }
 
 
 def model_for(task_name: str) -> type[Arguments]:

@@ -19,12 +19,18 @@ refuses is never dropped: the task is published again to finish it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import select
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import psycopg2
 from celery import signals, states
 from celery.backends.base import BaseBackend
 from celery.canvas import Signature, maybe_signature
@@ -32,7 +38,9 @@ from celery.exceptions import ChordError, TimeoutError
 from celery.result import GroupResult, allow_join_result, result_from_tuple
 from kombu.utils.json import dumps, loads
 from psycopg2 import DatabaseError, InterfaceError, OperationalError
+from sqlalchemy.engine import make_url
 
+from app import contracts
 from app.db import engine_for
 from app.settings import sqlalchemy_url
 
@@ -41,28 +49,51 @@ from app.settings import sqlalchemy_url
 #: mode this needs PgBouncer >= 1.21 with max_prepared_statements set.)
 _PREPARE = {
     "magnetiq_store_result": """
-PREPARE magnetiq_store_result (text, text, text, jsonb, text, jsonb, timestamptz) AS
-INSERT INTO task_results (task_id, status, task_name, result, traceback, children, date_done)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (task_id) DO UPDATE SET
-    status = EXCLUDED.status,
-    task_name = COALESCE(EXCLUDED.task_name, task_results.task_name),
-    result = EXCLUDED.result,
-    traceback = EXCLUDED.traceback,
-    children = EXCLUDED.children,
-    date_done = EXCLUDED.date_done
-WHERE task_results.status <> 'SUCCESS'
-  AND (EXCLUDED.status IN ('SUCCESS', 'FAILURE', 'REVOKED')
-       OR task_results.status NOT IN ('FAILURE', 'REVOKED'))
+PREPARE magnetiq_store_result (
+    text, text, text, jsonb, text, jsonb, timestamptz, jsonb, jsonb, text, integer, text
+) AS
+WITH stored AS (
+    INSERT INTO task_results (
+        task_id, status, task_name, result, traceback, children, date_done,
+        args, kwargs, worker, retries, queue
+    )
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+    ON CONFLICT (task_id) DO UPDATE SET
+        status = EXCLUDED.status,
+        task_name = COALESCE(EXCLUDED.task_name, task_results.task_name),
+        result = EXCLUDED.result,
+        traceback = EXCLUDED.traceback,
+        children = EXCLUDED.children,
+        date_done = EXCLUDED.date_done,
+        args = COALESCE(EXCLUDED.args, task_results.args),
+        kwargs = COALESCE(EXCLUDED.kwargs, task_results.kwargs),
+        worker = COALESCE(EXCLUDED.worker, task_results.worker),
+        retries = COALESCE(EXCLUDED.retries, task_results.retries),
+        queue = COALESCE(EXCLUDED.queue, task_results.queue)
+    WHERE task_results.status <> 'SUCCESS'
+      AND (EXCLUDED.status IN ('SUCCESS', 'FAILURE', 'REVOKED')
+           OR task_results.status NOT IN ('FAILURE', 'REVOKED'))
+    RETURNING task_id, status
+)
+SELECT pg_notify('magnetiq_results', stored.task_id) FROM stored
+WHERE stored.status IN ('SUCCESS', 'FAILURE', 'REVOKED')
+  AND EXISTS (SELECT 1 FROM result_waiters w WHERE w.task_id = stored.task_id)
 """,
     "magnetiq_get_result": """
 PREPARE magnetiq_get_result (text) AS
-SELECT status, result::text, traceback, children::text, date_done FROM task_results WHERE task_id = $1
+SELECT status, result::text, traceback, children::text, date_done,
+       task_name, args::text, kwargs::text, worker, retries, queue
+FROM task_results WHERE task_id = $1
 """,
 }
-_UPSERT = "EXECUTE magnetiq_store_result (%s, %s, %s, %s, %s, %s, %s)"
+_UPSERT = "EXECUTE magnetiq_store_result (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+#: The channel a stored result is announced on, when someone waits for it (``result_waiters``).
+CHANNEL = "magnetiq_results"
+#: Seconds a new listener waits for its own probe notification before it gives up on NOTIFY.
+PROBE_SECONDS = 2.0
 _SELECT_MANY = """
-SELECT task_id, status, result::text, traceback, children::text, date_done
+SELECT task_id, status, result::text, traceback, children::text, date_done,
+       task_name, args::text, kwargs::text, worker, retries, queue
 FROM task_results WHERE task_id = ANY(%s) AND status = ANY(%s)
 """
 _CREATE_CHORD = (
@@ -95,6 +126,121 @@ DELETE FROM {table} WHERE {key} IN (
 """
 
 
+class Listener:
+    """One thread's LISTEN connection: a wait registers its task ids, then sleeps until one is stored.
+
+    The store announces a result on ``CHANNEL`` in the transaction that stores
+    it, only when a ``result_waiters`` row names it, so results nobody waits
+    for cost no notification.
+    """
+
+    def __init__(self, url: str) -> None:
+        args = make_url(url).translate_connect_args(username="user", database="dbname")
+        self.pid = os.getpid()
+        self.waiter = uuid.uuid4().hex
+        self.connection = psycopg2.connect(
+            **args, connect_timeout=5, application_name=f"magnetiq-results-{self.pid}"
+        )
+        self.connection.autocommit = True
+        #: Waits this listener ended because a result they waited for was announced.
+        self.wakeups = 0
+        with self.connection.cursor() as cursor:
+            cursor.execute(f"LISTEN {CHANNEL}")
+
+    def register(self, task_ids: Collection[str]) -> None:
+        """Ask the store to announce these tasks' results (before reading their state)."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO result_waiters (task_id, waiter) SELECT unnest(%s::text[]), %s "
+                "ON CONFLICT DO NOTHING",
+                (list(task_ids), self.waiter),
+            )
+
+    def unregister(self, task_ids: Collection[str]) -> None:
+        """Stop announcing these tasks' results to this waiter."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                "DELETE FROM result_waiters WHERE waiter = %s AND task_id = ANY(%s)",
+                (self.waiter, list(task_ids)),
+            )
+
+    def wait(self, task_ids: Collection[str], seconds: float) -> bool:
+        """Sleep until one of ``task_ids`` is announced or ``seconds`` pass; return whether one was."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.connection.poll()
+            announced = [note.payload for note in self.connection.notifies]
+            self.connection.notifies.clear()
+            if any(payload in task_ids for payload in announced):
+                self.wakeups += 1
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            select.select([self.connection], [], [], remaining)
+
+    def close(self) -> None:
+        """Close the connection (only in the process that opened it)."""
+        if self.pid == os.getpid():
+            self.connection.close()
+
+
+class _Wait:
+    """One wait's registration with this thread's listener, made at its first sleep.
+
+    A result that is already stored costs no registration. The first sleep
+    registers the task ids and returns at once, so the caller reads the state
+    again before it really sleeps: a result stored before the registration is
+    seen by that read, one stored after it is announced.
+    """
+
+    def __init__(self, backend: PostgresBackend, task_ids: list[str]) -> None:
+        self.backend = backend
+        self.task_ids = task_ids
+        self.listener: Listener | None = None
+        self.registered = False
+        self.polling = False
+
+    def sleep(self, pending: Collection[str], seconds: float) -> None:
+        """Sleep ``seconds`` or until one of ``pending`` is announced (the first call registers instead)."""
+        if not self.registered and not self.polling:
+            self.listener = self.backend.listener()
+            try:
+                if self.listener is not None:
+                    self.listener.register(self.task_ids)
+                    self.registered = True
+                    return
+            except psycopg2.Error:
+                self._lost()
+            self.polling = True
+        if self.listener is None or self.polling:
+            time.sleep(seconds)
+            return
+        try:
+            self.listener.wait(pending, seconds)
+        except psycopg2.Error:
+            self._lost()
+            time.sleep(seconds)
+
+    def close(self) -> None:
+        """End the registration, if one was made."""
+        if self.registered and self.listener is not None:
+            try:
+                self.listener.unregister(self.task_ids)
+            except psycopg2.Error:
+                self._lost()
+
+    def _lost(self) -> None:
+        # The listener's connection failed: drop it (a new one next time); this wait polls.
+        if self.listener is not None:
+            self.backend.drop_listener(self.listener)
+        self.listener, self.polling = None, True
+
+
+#: Listeners a forked child inherited: kept referenced, never closed (the socket is the parent's).
+_inherited_listeners: list[Listener] = []
+
+
 class PostgresBackend(BaseBackend):
     """Result backend storing task state in the ``task_results`` table."""
 
@@ -114,6 +260,9 @@ class PostgresBackend(BaseBackend):
         self.thread_safe = True
         options = app.conf.result_backend_transport_options or {}
         self.synchronous_commit = bool(options.get("synchronous_commit", True))
+        #: None until the first wait checks that NOTIFY reaches this process; then True or False.
+        self.notify_works: bool | None = None
+        self._listeners = threading.local()
 
     # -- connections -----------------------------------------------------
     def _connection(self) -> Any:
@@ -210,6 +359,7 @@ class PostgresBackend(BaseBackend):
             traceback,
             dumps(children) if children else None,
             datetime.now(UTC) if state in self.READY_STATES else None,
+            *self._extended(request),
         )
         try:
             self._execute(_UPSERT, row, riders=riders)
@@ -229,6 +379,42 @@ class PostgresBackend(BaseBackend):
             _reruns.pop(task_id, None)
         return result
 
+    def _extended(self, request: Any) -> tuple[Any, ...]:
+        """An extended result's args, kwargs, worker, retries, queue (all None unless ``result_extended``)."""
+        if not self.app.conf.result_extended or request is None:
+            return (None,) * 5
+        name = getattr(request, "task", None) or ""
+        args, kwargs = getattr(request, "args", None), getattr(request, "kwargs", None)
+        kwargs = contracts.redacted(name, kwargs) if kwargs else kwargs
+        if args and contracts.has_secrets(name):
+            args = [contracts.REDACTED] * len(args)  # positional: which one is secret is the task's business
+        delivery = getattr(request, "delivery_info", None) or {}
+        return (
+            dumps(args) if args is not None else None,
+            dumps(kwargs) if kwargs is not None else None,
+            getattr(request, "hostname", None),
+            getattr(request, "retries", None),
+            delivery.get("routing_key"),
+        )
+
+    def _meta(self, task_id: str, row: Sequence[Any]) -> dict[str, Any]:
+        """A result's meta from its row (status .. date_done, then the extended columns)."""
+        status, result, traceback, children, date_done, name, args, kwargs, worker, retries, queue = row
+        meta = {
+            "task_id": task_id,
+            "status": status,
+            "result": _load(result),
+            "traceback": traceback,
+            "children": _load(children) or [],
+            "date_done": date_done,
+        }
+        if self.app.conf.result_extended:
+            meta.update(
+                name=name, args=_load(args), kwargs=_load(kwargs), worker=worker, retries=retries, queue=queue
+            )
+        decoded: dict[str, Any] = self.meta_from_decoded(meta)
+        return decoded
+
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
         row = self._execute(_SELECT, (task_id,), fetch=True)
         if row is None:
@@ -240,17 +426,84 @@ class PostgresBackend(BaseBackend):
                 "children": [],
                 "date_done": None,
             }
-        status, result, traceback, children, date_done = row
-        return self.meta_from_decoded(
-            {
-                "task_id": task_id,
-                "status": status,
-                "result": _load(result),
-                "traceback": traceback,
-                "children": _load(children) or [],
-                "date_done": date_done,
-            }
+        return self._meta(task_id, row)
+
+    # -- waiting for results ---------------------------------------------
+    def listener(self) -> Listener | None:
+        """This thread's listener, or None where NOTIFY cannot reach it (waits then poll)."""
+        if self.notify_works is False:
+            return None
+        current: Listener | None = getattr(self._listeners, "current", None)
+        if current is not None and current.pid != os.getpid():
+            _inherited_listeners.append(current)  # a forked child: never touch the parent's socket
+            current = None
+        if current is None:
+            try:
+                current = Listener(self.url)
+            except psycopg2.Error as exc:
+                log.warning("result waits poll: no LISTEN connection (%s)", exc)
+                return None
+            if self.notify_works is None:
+                self.notify_works = self._probe(current)
+                if not self.notify_works:
+                    current.close()
+                    return None
+            self._listeners.current = current
+        return current
+
+    def _probe(self, listener: Listener) -> bool:
+        """Announce a probe from a pooled connection; True if the listener hears it in time."""
+        probe = f"probe:{listener.waiter}"
+        self._execute("SELECT pg_notify(%s, %s)", (CHANNEL, probe))
+        if listener.wait({probe}, PROBE_SECONDS):
+            return True
+        log.warning(
+            "result waits poll every interval: NOTIFY on %s does not reach this process "
+            "(a pooler in transaction mode?); point CELERY_RESULT_BACKEND at the server or a session pooler",
+            CHANNEL,
         )
+        return False
+
+    def drop_listener(self, listener: Listener) -> None:
+        """Forget this thread's listener and close it (its connection failed)."""
+        self._listeners.current = None
+        with contextlib.suppress(psycopg2.Error):
+            listener.close()
+
+    @contextlib.contextmanager
+    def _waiting(self, task_ids: Collection[str]) -> Iterator[_Wait]:
+        """A wait for ``task_ids`` for the block; its registration, if made, ends with it."""
+        wait = _Wait(self, list(task_ids))
+        try:
+            yield wait
+        finally:
+            wait.close()
+
+    def wait_for(
+        self,
+        task_id: str,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        on_interval: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """Wait for ``task_id``'s result: woken by its NOTIFY, with a read every ``interval`` as a backstop.
+
+        Raises:
+            celery.exceptions.TimeoutError: ``timeout`` seconds passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._waiting([task_id]) as wait:
+            while True:
+                meta: dict[str, Any] = self.get_task_meta(task_id)
+                if meta["status"] in states.READY_STATES:
+                    return meta
+                if on_interval is not None:
+                    on_interval()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError("The operation timed out.")
+                wait.sleep((task_id,), interval if remaining is None else min(interval, remaining))
 
     def get_many(
         self,
@@ -274,21 +527,36 @@ class PostgresBackend(BaseBackend):
             if cached is not None and cached["status"] in READY_STATES:
                 waiting.discard(task_id)
                 yield task_id, cached
+        if waiting:
+            with self._waiting(sorted(waiting)) as wait:
+                yield from self._collect(
+                    waiting,
+                    wait,
+                    timeout,
+                    interval,
+                    on_message,
+                    on_interval,
+                    max_iterations,
+                    READY_STATES,
+                )
+
+    def _collect(
+        self,
+        waiting: set[str],
+        wait: _Wait,
+        timeout: float | None,
+        interval: float,
+        on_message: Callable[[dict[str, Any]], None] | None,
+        on_interval: Callable[[], None] | None,
+        max_iterations: int | None,
+        READY_STATES: frozenset[str],
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         deadline = None if timeout is None else time.monotonic() + timeout
         rounds = 0
         while waiting:
             rows = self._execute(_SELECT_MANY, (sorted(waiting), sorted(READY_STATES)), fetch="all")
-            for task_id, status, result, traceback, children, date_done in rows:
-                meta = self.meta_from_decoded(
-                    {
-                        "task_id": task_id,
-                        "status": status,
-                        "result": _load(result),
-                        "traceback": traceback,
-                        "children": _load(children) or [],
-                        "date_done": date_done,
-                    }
-                )
+            for task_id, *row in rows:
+                meta = self._meta(task_id, row)
                 self._cache[task_id] = meta
                 waiting.discard(task_id)
                 if on_message is not None:
@@ -302,7 +570,7 @@ class PostgresBackend(BaseBackend):
             if on_interval is not None:
                 on_interval()
             nap = interval if deadline is None else min(interval, max(0.0, deadline - time.monotonic()))
-            time.sleep(nap)
+            wait.sleep(waiting, nap)
 
     def _forget(self, task_id: str) -> None:
         self._execute("DELETE FROM task_results WHERE task_id = %s", (task_id,))
@@ -426,6 +694,8 @@ class PostgresBackend(BaseBackend):
             sql = _CLEANUP.format(table=table, key=key)
             while (count := self._execute(sql, (cutoff, CLEANUP_BATCH))) > 0:
                 deleted += count
+        # Waits end when they return or time out; a row older than a day is a waiter that died.
+        self._execute("DELETE FROM result_waiters WHERE since < now() - interval '1 day'", ())
         return deleted
 
     def __reduce__(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:

@@ -42,6 +42,12 @@ task_results = Table(
     Column("traceback", Text),
     Column("children", JSONB),
     Column("date_done", DateTime(timezone=True)),
+    # Extended results only (RESULT_EXTENDED): arguments (secret fields redacted), worker, retries, queue.
+    Column("args", JSONB),
+    Column("kwargs", JSONB),
+    Column("worker", String(155)),
+    Column("retries", Integer),
+    Column("queue", String(155)),
     Index("ix_task_results_date_done", "date_done"),
 )
 
@@ -76,6 +82,16 @@ chord_parts = Table(
         "group_id", String(155), ForeignKey("chord_counters.group_id", ondelete="CASCADE"), primary_key=True
     ),
     Column("task_id", String(155), primary_key=True),
+)
+
+#: Who waits for which task's result (``AsyncResult.get()`` by LISTEN/NOTIFY): the store
+#: announces a result only when a row names it. A waiter that died leaves rows the cleanup removes.
+result_waiters = Table(
+    "result_waiters",
+    metadata,
+    Column("task_id", String(155), primary_key=True),
+    Column("waiter", String(64), primary_key=True),
+    Column("since", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 #: Web sessions of the FastAPI product; maintenance expires old ones.

@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     worker_task_events: bool = False
     #: Seconds a stored result lives before expiry cleanup deletes it.
     result_expires: int = Field(default=7 * 24 * 3600, gt=0)
+    #: Store each result with its task's name, arguments, worker, retries and
+    #: queue (Celery's ``result_extended``), arguments a contract marks secret
+    #: redacted. Off by default: arguments may carry personal data.
+    result_extended: bool = False
     #: Seconds a soft time limit gives a prefork task before it must stop.
     task_soft_time_limit: int = Field(default=120, gt=0)
     #: Seconds after which a prefork task's process is killed.

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.bench.cpu import cpu_since, snapshot
-from tests.bench.harness import ROOT, Bench, Drain, read_stamp, worker
+from tests.bench.harness import ROOT, Bench, Drain, read_stamp, run_script, worker
 from tests.bench.results import TableResults, check_results
 from tests.support.ports import free_port
 from tests.support.processes import peak_rss_kib
@@ -91,15 +91,7 @@ def measure_email(bench: Bench, argv: list[str], n: int, *, table: str, **env: s
     ready.unlink(missing_ok=True)
     with smtp_server(bench) as (port, stats):
         kind = "fleet" if table == "task_results" else "plain"
-        tasks = subprocess.run(
-            [sys.executable, "-c", _FILL, str(n), kind, "127.0.0.1", str(port)],
-            cwd=ROOT,
-            env=bench.env(),
-            check=True,
-            timeout=600,
-            capture_output=True,
-            text=True,
-        ).stdout.split()
+        tasks = run_script(bench, _FILL, str(n), kind, "127.0.0.1", str(port)).split()
         wait_for(lambda: bench.depth("email")[0] >= n, 120, f"{n} messages on email")
         smtp_env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port), **env}
         with worker(bench, argv, ready, **smtp_env) as proc:

@@ -149,21 +149,25 @@ with a.producer_or_acquire() as p:
 """
 
 
+def run_script(bench: Bench, script: str, *args: str, **env: str) -> str:
+    """Run a Python ``script`` in a subprocess with the bench's environment; return what it printed."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env=bench.env(**env),
+        check=True,
+        timeout=600,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
 def fill_queue(
     bench: Bench, target: Target, n: int, sentinel: Path, ignore_result: bool = False
 ) -> tuple[list[str], str]:
     """Publish ``n`` bench.noop tasks and one sentinel in a subprocess; return their task ids."""
     args = (target.app, str(n), target.queue, target.routing_key or "", str(sentinel))
-    out = subprocess.run(
-        [sys.executable, "-c", _FILL, *args, "1" if ignore_result else "0"],
-        cwd=ROOT,
-        env=bench.env(**target.env),
-        check=True,
-        timeout=600,
-        capture_output=True,
-        text=True,
-    )
-    ids = out.stdout.split()
+    ids = run_script(bench, _FILL, *args, "1" if ignore_result else "0", **target.env).split()
     if len(ids) != n + 1:
         raise RuntimeError(f"bench: published {len(ids)} task ids for {n + 1} tasks")
     wait_for(lambda: target.depth() >= n + 1, 120, f"{n + 1} messages on {target.queue}")

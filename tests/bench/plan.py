@@ -18,7 +18,7 @@ from app.settings import Settings
 from tests.bench.booking_flow import Flow, measure_booking_flow
 from tests.bench.email import measure_email, measure_smtp_ceiling
 from tests.bench.harness import Bench, Drain, measure_drain
-from tests.bench.latency import measure_latency
+from tests.bench.latency import measure_latency, measure_result_wait
 from tests.bench.publish import measure_publish
 from tests.bench.store import measure_store
 from tests.support.ports import free_port
@@ -42,6 +42,8 @@ SIZES = {
         "gevent_plain": 300,
         "publish": 20000,
         "latency": 1000,
+        "result_wait": 200,
+        "result_wait_plain": 40,
         "booking_flow": 2000,
         "store": 5000,
         "email": 3000,
@@ -56,6 +58,8 @@ SIZES = {
         "gevent_plain": 10,
         "publish": 200,
         "latency": 20,
+        "result_wait": 5,
+        "result_wait_plain": 3,
         "booking_flow": 20,
         "store": 20,
         "email": 40,
@@ -159,6 +163,18 @@ def measurements(size: dict[str, int]) -> dict[str, Measure]:
         "raw py-amqp streamed confirms": lambda b: measure_publish(b, size["publish"], "raw"),
         "fleet latency p99": lambda b: measure_latency(b, FLEET, fleet_booking, size["latency"], 200)["p99"],
         "plain latency p99": lambda b: measure_latency(b, PLAIN, plain_booking, size["latency"], 200)["p99"],
+        "fleet result wait p50": lambda b: measure_result_wait(b, FLEET, fleet_booking, size["result_wait"])[
+            "p50"
+        ],
+        "fleet result wait p99": lambda b: measure_result_wait(b, FLEET, fleet_booking, size["result_wait"])[
+            "p99"
+        ],
+        "plain result wait p50": lambda b: measure_result_wait(
+            b, PLAIN, plain_booking, size["result_wait_plain"]
+        )["p50"],
+        "plain result wait p99": lambda b: measure_result_wait(
+            b, PLAIN, plain_booking, size["result_wait_plain"]
+        )["p99"],
         BOOKING_FLOW: lambda b: measure_booking_flow(
             b, fleet_booking, size["booking_flow"], BOOKING.effective_concurrency
         ),
@@ -187,6 +203,7 @@ _EMAIL = "email drain, 0.2 s SMTP, results stored"
 _PUBLISH = "bulk publish with confirms"
 _STORE = "result store, one process, one commit per result"
 _FLEET = "fleet booking, results, metrics on"
+_WAIT = "result wait, task end -> get() returns"
 
 FIGURES = (
     # The headline: plain Celery started as its users start it.
@@ -219,6 +236,9 @@ FIGURES = (
         unit="ms",
         at_most=True,
     ),
+    # The stock database backend's get() polls every 0.5 s; the fleet's wakes on NOTIFY.
+    Figure(_WAIT + ", p50", "fleet result wait p50", "plain result wait p50", None, unit="ms", at_most=True),
+    Figure(_WAIT + ", p99", "fleet result wait p99", "plain result wait p99", None, unit="ms", at_most=True),
     Figure("throughput with metrics on", _FLEET, "fleet booking, results, metrics off", 0.97),
     # Where a stored result's time goes: the backend's own overhead, then the WAL flush.
     Figure(_STORE, "fleet result store", "raw psycopg2 upsert", None, unit="results/s"),

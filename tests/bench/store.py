@@ -73,7 +73,17 @@ def _raw_writer(synchronous_commit: bool) -> Callable[[int], None]:
 
     def write(i: int) -> None:
         cursor.execute(
-            _UPSERT, (str(uuid.uuid4()), "SUCCESS", "bench.noop", dumps(i), None, None, datetime.now(UTC))
+            _UPSERT,
+            (
+                str(uuid.uuid4()),
+                "SUCCESS",
+                "bench.noop",
+                dumps(i),
+                None,
+                None,
+                datetime.now(UTC),
+                *(None,) * 5,
+            ),
         )
 
     return write

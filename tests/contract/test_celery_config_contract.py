@@ -79,8 +79,8 @@ def test_worker_task_events_can_be_on_from_the_start(monkeypatch: pytest.MonkeyP
     assert config["worker_send_task_events"] is True
 
 
-def test_results_never_store_arguments(config: dict[str, Any]) -> None:
-    # given the Celery options
+def test_results_store_no_arguments_unless_asked(config: dict[str, Any]) -> None:
+    # given the Celery options with the default settings
     # when the result options are read
     # then extended results (which would keep arguments, i.e. personal data) are off
     assert config["result_extended"] is False

@@ -177,3 +177,16 @@ def test_models_are_frozen() -> None:
     # then it is refused
     with pytest.raises(ValueError, match="frozen"):
         model.payment_id = 2  # type: ignore[misc]
+
+
+def test_a_secret_field_is_redacted_and_the_others_kept() -> None:
+    from app import contracts
+
+    kwargs = {"to": "ada@example.com", "reset_url": "https://x.example/r?t=1", "expires_minutes": 5}
+    assert contracts.redacted(contracts.SEND_PASSWORD_RESET, kwargs) == {
+        **kwargs,
+        "reset_url": contracts.REDACTED,
+    }
+    assert contracts.has_secrets(contracts.SEND_PASSWORD_RESET)
+    assert not contracts.has_secrets(contracts.SEND_WELCOME_EMAIL)
+    assert contracts.redacted("other.app.task", kwargs) == kwargs
