@@ -6,7 +6,9 @@ import inspect
 import logging
 from typing import Any, ClassVar
 
-from celery import Task
+from celery import Signature, Task
+from celery.result import AsyncResult
+from kombu import Producer
 
 from app.contracts import Arguments, InvalidTaskArguments, validate_arguments
 
@@ -35,6 +37,30 @@ class FleetTask(Task[Any, Any]):
             kwargs = self._validated(args, kwargs)
             args = ()
         return super().__call__(*args, **kwargs)
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        producer: Producer | None = None,
+        link: Signature[Any] | list[Signature[Any]] | None = None,
+        link_error: Signature[Any] | list[Signature[Any]] | None = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Validate the arguments as the worker will, then publish.
+
+        A seed-style call with arguments the task can never take
+        (``process_payment.delay("42")``) raises ``InvalidTaskArguments`` in the
+        caller, naming the argument and why, instead of publishing a message the
+        worker would only fail and dead-letter. Canvas steps are published when
+        their arguments are complete (a chain's next task with its parent's
+        result, a chord's body with the header's), so they are checked then too.
+        """
+        if self.arguments is not None:
+            self._validated(tuple(args or ()), dict(kwargs or {}))
+        return super().apply_async(args, kwargs, task_id, producer, link, link_error, shadow, **options)
 
     def _validated(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         assert self.arguments is not None

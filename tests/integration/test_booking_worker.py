@@ -12,7 +12,8 @@ from sqlalchemy import text
 
 from app import producer
 from app.booking.repository import PaymentNotFound
-from app.contracts import InvalidTaskArguments
+from app.celery_app import celery_app
+from app.contracts import PROCESS_PAYMENT, InvalidTaskArguments
 from app.tasks.booking_tasks import process_payment
 from routing import names
 from tests.support.broker import queue_depth
@@ -74,11 +75,22 @@ def test_declined_payment_is_recorded_once(
 def test_wrong_argument_fails_and_is_dead_lettered(
     booking_worker: WorkerProcess, broker: Connection, bad: object
 ) -> None:
-    result = process_payment.apply_async(args=(bad,))
+    # published by name, as a producer without the task code does (nothing checks it on the way)
+    result = celery_app.send_task(PROCESS_PAYMENT, args=(bad,))
     with pytest.raises(InvalidTaskArguments, match="payment_id"):
         result.get(timeout=30)
     assert result.status == states.FAILURE
     wait_until(lambda: queue_depth(broker, names.dlq(names.BOOKING))[0] == 1, 15, "booking.dlq depth 1")
+
+
+@pytest.mark.parametrize("bad", ["42", "abc", -5, 1.5])
+def test_a_seed_style_call_with_a_wrong_argument_fails_in_the_caller(broker: Connection, bad: object) -> None:
+    # when the seed's call passes an id the task cannot take (a string id, a negative one)
+    with pytest.raises(InvalidTaskArguments, match=r"process_payment: invalid arguments: payment_id: "):
+        process_payment.delay(bad)
+
+    # then the caller was told which argument and why, and nothing was published
+    assert queue_depth(broker, names.BOOKING)[0] == 0
 
 
 def test_unknown_payment_fails_without_retry(booking_worker: WorkerProcess, broker: Connection) -> None:

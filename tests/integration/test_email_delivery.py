@@ -18,10 +18,16 @@ from kombu import Connection
 from sqlalchemy import text
 
 from app import producer
-from app.contracts import SEND_WELCOME_EMAIL, InvalidTaskArguments, WelcomeEmailArgs
+from app.celery_app import celery_app
+from app.contracts import (
+    SEND_BOOKING_CONFIRMATION,
+    SEND_WELCOME_EMAIL,
+    InvalidTaskArguments,
+    WelcomeEmailArgs,
+)
 from app.mail.service import message_id
 from app.mail.smtp import SmtpPermanentError
-from app.tasks.email_tasks import send_booking_confirmation, send_welcome_email
+from app.tasks.email_tasks import send_welcome_email
 from routing import names
 from tests.integration.sent_mark_refusal import refusing_sent_marks
 from tests.support.broker import queue_depth
@@ -259,8 +265,8 @@ def test_invalid_address_or_line_break_is_refused_before_smtp(
     # given a producer refuses it at once
     with pytest.raises(InvalidTaskArguments, match=field):
         producer.enqueue_booking_confirmation(**arguments)
-    # when a message bypassing the producer reaches the worker
-    result = send_booking_confirmation.apply_async(kwargs=arguments)
+    # when a message bypassing the producer (published by name: nothing checks it) reaches the worker
+    result = celery_app.send_task(SEND_BOOKING_CONFIRMATION, kwargs=arguments)
 
     # then it fails with a clear error, without retry, without touching SMTP or the ledger
     with pytest.raises(InvalidTaskArguments, match=f"{field}: "):

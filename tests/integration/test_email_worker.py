@@ -11,7 +11,8 @@ from kombu import Connection
 from sqlalchemy import text
 
 from app import producer
-from app.contracts import InvalidTaskArguments
+from app.celery_app import celery_app
+from app.contracts import SEND_WELCOME_EMAIL, InvalidTaskArguments
 from app.tasks.email_tasks import send_welcome_email
 from routing import names
 from tests.support.broker import queue_depth
@@ -75,7 +76,11 @@ def test_invalid_arguments_fail_without_retry_and_reach_the_dlq(
     # given a producer that skipped validation (the producer API refuses it)
     with pytest.raises(InvalidTaskArguments, match="user_email"):
         producer.enqueue_welcome_email("not-an-address", "Mallory")
-    result = send_welcome_email.apply_async(args=("not-an-address", "Mallory"))
+    with pytest.raises(InvalidTaskArguments, match="user_email"):
+        send_welcome_email.delay("not-an-address", "Mallory")  # nor does the task's own call
+    result = celery_app.send_task(
+        SEND_WELCOME_EMAIL, args=("not-an-address", "Mallory")
+    )  # by name: unchecked
     # then the task fails with a clear error...
     with pytest.raises(InvalidTaskArguments, match="user_email: value is not a valid email address"):
         result.get(timeout=30)
