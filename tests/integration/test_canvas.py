@@ -41,6 +41,7 @@ def spy(broker: Connection) -> Iterator[Callable[[], list[str]]]:
         return names
 
     yield published
+    channel.queue_delete(queue.name)  # bound to '#', it would make every later publish routable
     channel.close()
 
 
