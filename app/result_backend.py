@@ -464,6 +464,17 @@ class PostgresBackend(BaseBackend):
         )
         return False
 
+    def register_waiter(self, task_id: str, waiter: str) -> None:
+        """Ask the store to announce ``task_id``'s result to ``waiter`` (a LISTEN connection's id)."""
+        self._execute(
+            "INSERT INTO result_waiters (task_id, waiter) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            (task_id, waiter),
+        )
+
+    def unregister_waiter(self, task_id: str, waiter: str) -> None:
+        """End ``waiter``'s registration for ``task_id``."""
+        self._execute("DELETE FROM result_waiters WHERE task_id = %s AND waiter = %s", (task_id, waiter))
+
     def drop_listener(self, listener: Listener) -> None:
         """Forget this thread's listener and close it (its connection failed)."""
         self._listeners.current = None
