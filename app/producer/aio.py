@@ -40,7 +40,7 @@ from sqlalchemy.engine import make_url
 
 from app import producer
 from app.celery_app import celery_app
-from app.result_backend import PostgresBackend
+from app.result_backend import CHANNEL, PostgresBackend
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 #: Threads publishing at once for this process (each waits on one broker confirm at a time).
 PUBLISH_THREADS = 32
 _executor = ThreadPoolExecutor(max_workers=PUBLISH_THREADS, thread_name_prefix="magnetiq-publish")
-#: The result backend's announcement channel (``app.result_backend.CHANNEL``).
-CHANNEL = "magnetiq_results"
 
 
 def _off_loop(helper: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -143,6 +141,8 @@ _listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Listener] = we
 async def _listener() -> _Listener | None:
     """This loop's listener, started on first use; None where NOTIFY cannot reach this process."""
     backend = _backend()
+    if backend.notify_works is None:
+        await _run(backend.listener)  # the first wait in this process checks that NOTIFY reaches it
     if backend.notify_works is False:
         return None
     loop = asyncio.get_running_loop()

@@ -71,6 +71,22 @@ def test_a_wait_is_woken_by_the_stored_rows_notify(database: Any) -> None:
     assert asyncio.run(wait()) == ({"ok": 1}, 1)
 
 
+def test_where_notify_cannot_reach_the_process_a_wait_polls(
+    database: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a process whose probe found that NOTIFY does not reach it (a pooler in transaction mode)
+    monkeypatch.setattr(celery_app.backend, "notify_works", False)
+    task_id = str(uuid.uuid4())
+
+    async def wait() -> tuple[Any, bool]:
+        store_later(task_id, "polled", delay=0.2)
+        value = await aio.wait_result(task_id, timeout=30, interval=0.1)
+        return value, asyncio.get_running_loop() in aio._listeners
+
+    # when it awaits a result, then it gets it by reading every interval, with no LISTEN connection
+    assert asyncio.run(wait()) == ("polled", False)
+
+
 def test_a_failure_is_raised_or_returned(database: Any) -> None:
     task_id = str(uuid.uuid4())
     celery_app.backend.store_result(task_id, ValueError("no such slot"), "FAILURE")
