@@ -89,7 +89,7 @@ def test_where_notify_cannot_reach_the_waiter_it_polls_and_says_so(
     # given a backend whose announcements go to another database than its listener hears
     # (what a pooler in transaction mode does to LISTEN: the notification never reaches it)
     url = make_url(str(database.url))
-    other = url.set(database=f"magnetiq_waits_{uuid.uuid4().hex[:8]}")
+    other = url.set(database=f"{url.database}_waits")  # created once, migrated, kept for the next run
     upgrade(other.render_as_string(hide_password=False))
     backend = result_backend.PostgresBackend(app=celery_app, url=other.render_as_string(hide_password=False))
     listener = result_backend.Listener(str(url.render_as_string(hide_password=False)))
