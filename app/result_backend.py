@@ -147,23 +147,6 @@ class Listener:
         with self.connection.cursor() as cursor:
             cursor.execute(f"LISTEN {CHANNEL}")
 
-    def register(self, task_ids: Collection[str]) -> None:
-        """Ask the store to announce these tasks' results (before reading their state)."""
-        with self.connection.cursor() as cursor:
-            cursor.execute(
-                "INSERT INTO result_waiters (task_id, waiter) SELECT unnest(%s::text[]), %s "
-                "ON CONFLICT DO NOTHING",
-                (list(task_ids), self.waiter),
-            )
-
-    def unregister(self, task_ids: Collection[str]) -> None:
-        """Stop announcing these tasks' results to this waiter."""
-        with self.connection.cursor() as cursor:
-            cursor.execute(
-                "DELETE FROM result_waiters WHERE waiter = %s AND task_id = ANY(%s)",
-                (self.waiter, list(task_ids)),
-            )
-
     def wait(self, task_ids: Collection[str], seconds: float) -> bool:
         """Sleep until one of ``task_ids`` is announced or ``seconds`` pass; return whether one was."""
         deadline = time.monotonic() + seconds
@@ -207,7 +190,7 @@ class _Wait:
             self.listener = self.backend.listener()
             try:
                 if self.listener is not None:
-                    self.listener.register(self.task_ids)
+                    self.backend.register_waiter(self.task_ids, self.listener.waiter)
                     self.registered = True
                     return
             except psycopg2.Error:
@@ -226,7 +209,7 @@ class _Wait:
         """End the registration, if one was made."""
         if self.registered and self.listener is not None:
             try:
-                self.listener.unregister(self.task_ids)
+                self.backend.unregister_waiter(self.task_ids, self.listener.waiter)
             except psycopg2.Error:
                 self._lost()
 
@@ -277,13 +260,9 @@ class PostgresBackend(BaseBackend):
             synchronous_commit=self.synchronous_commit,
         ).raw_connection()
 
-    def _execute(
-        self,
-        sql: str,
-        params: Any,
-        fetch: bool | Literal["all"] = False,
-        riders: Sequence[tuple[str, Any]] = (),
-    ) -> Any:
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[Any]:
+        """A cursor on a pooled, prepared connection; a connection-level error discards the connection."""
         connection = self._connection()
         try:
             cursor = connection.cursor()
@@ -293,15 +272,7 @@ class PostgresBackend(BaseBackend):
                     for statement in _PREPARE.values():
                         cursor.execute(statement)
                     connection.info["magnetiq_prepared"] = True
-                if riders:
-                    # One query string is one implicit transaction: all of it commits, or none.
-                    bound = [cursor.mogrify(s, p) for s, p in (*riders, (sql, params))]
-                    cursor.execute(b";\n".join(bound))
-                else:
-                    cursor.execute(sql, params)
-                if fetch == "all":
-                    return cursor.fetchall()
-                return cursor.fetchone() if fetch else cursor.rowcount
+                yield cursor
             finally:
                 cursor.close()
         except self.RETRYABLE:
@@ -309,6 +280,24 @@ class PostgresBackend(BaseBackend):
             raise
         finally:
             connection.close()
+
+    def _execute(
+        self,
+        sql: str,
+        params: Any,
+        fetch: bool | Literal["all"] = False,
+        riders: Sequence[tuple[str, Any]] = (),
+    ) -> Any:
+        with self._cursor() as cursor:
+            if riders:
+                # One query string is one implicit transaction: all of it commits, or none.
+                bound = [cursor.mogrify(s, p) for s, p in (*riders, (sql, params))]
+                cursor.execute(b";\n".join(bound))
+            else:
+                cursor.execute(sql, params)
+            if fetch == "all":
+                return cursor.fetchall()
+            return cursor.fetchone() if fetch else cursor.rowcount
 
     def exception_safe_to_retry(self, exc: BaseException) -> bool:
         """Connection-level errors are retried; data errors are not."""
@@ -464,16 +453,23 @@ class PostgresBackend(BaseBackend):
         )
         return False
 
-    def register_waiter(self, task_id: str, waiter: str) -> None:
-        """Ask the store to announce ``task_id``'s result to ``waiter`` (a LISTEN connection's id)."""
+    def register_waiter(self, task_ids: Collection[str], waiter: str) -> None:
+        """Ask the store to announce these tasks' results to ``waiter`` (a LISTEN connection's id).
+
+        A wait registers before it reads the state again, so a result stored
+        before the registration is seen by that read and one stored after it is announced.
+        """
         self._execute(
-            "INSERT INTO result_waiters (task_id, waiter) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-            (task_id, waiter),
+            "INSERT INTO result_waiters (task_id, waiter) SELECT unnest(%s::text[]), %s "
+            "ON CONFLICT DO NOTHING",
+            (list(task_ids), waiter),
         )
 
-    def unregister_waiter(self, task_id: str, waiter: str) -> None:
-        """End ``waiter``'s registration for ``task_id``."""
-        self._execute("DELETE FROM result_waiters WHERE task_id = %s AND waiter = %s", (task_id, waiter))
+    def unregister_waiter(self, task_ids: Collection[str], waiter: str) -> None:
+        """End ``waiter``'s registration for these tasks."""
+        self._execute(
+            "DELETE FROM result_waiters WHERE waiter = %s AND task_id = ANY(%s)", (waiter, list(task_ids))
+        )
 
     def drop_listener(self, listener: Listener) -> None:
         """Forget this thread's listener and close it (its connection failed)."""
@@ -638,9 +634,7 @@ class PostgresBackend(BaseBackend):
             return
         callback = maybe_signature(request.chord, app=self.app)
         assert callback is not None  # request.chord is a signature's dict
-        connection = self._connection()
-        try:
-            cursor = connection.cursor()
+        with self._cursor() as cursor:
             try:
                 cursor.execute("BEGIN")
                 cursor.execute(_LOCK_CHORD, (group_id,))
@@ -659,16 +653,9 @@ class PostgresBackend(BaseBackend):
                     self._fire(group_id, callback)
                 cursor.execute("COMMIT")
             except BaseException:
-                if not connection.closed:
+                if not cursor.connection.closed:
                     cursor.execute("ROLLBACK")
                 raise
-            finally:
-                cursor.close()
-        except self.RETRYABLE:
-            connection.invalidate()
-            raise
-        finally:
-            connection.close()
 
     def _fire(self, group_id: str, callback: Any) -> None:
         """Join the complete header (one query) and publish the body, or fail it as Celery would."""

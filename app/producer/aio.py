@@ -56,9 +56,7 @@ def _off_loop(helper: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
 
     @functools.wraps(helper)
     async def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        return await asyncio.get_running_loop().run_in_executor(
-            _executor, functools.partial(helper, *args, **kwargs)
-        )
+        return await _run(helper, *args, **kwargs)
 
     return call
 
@@ -179,7 +177,7 @@ async def wait_result(
     listener = None if meta["status"] in states.READY_STATES else await _listener()
     future: asyncio.Future[None] | None = None
     if listener is not None:
-        await _run(backend.register_waiter, task_id, listener.waiter)
+        await _run(backend.register_waiter, [task_id], listener.waiter)
     try:
         while meta["status"] not in states.READY_STATES:
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -201,7 +199,7 @@ async def wait_result(
     finally:
         if listener is not None:
             listener.waits.pop(task_id, None)
-            await _run(backend.unregister_waiter, task_id, listener.waiter)
+            await _run(backend.unregister_waiter, [task_id], listener.waiter)
     if propagate and meta["status"] in states.PROPAGATE_STATES:
         raise meta["result"]  # the task's exception, as the backend decoded it
     return meta["result"]
