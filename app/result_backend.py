@@ -89,6 +89,25 @@ FROM task_results WHERE task_id = $1
 _UPSERT = "EXECUTE magnetiq_store_result (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 #: The channel a stored result is announced on, when someone waits for it (``result_waiters``).
 CHANNEL = "magnetiq_results"
+#: Advisory-lock class of result waits. A ready state's store takes it shared on
+#: its task id before the statement that stores it (so that statement's snapshot
+#: is taken after the lock); a waiter's registration takes it exclusive. So either
+#: the registration commits first and the store sees its ``result_waiters`` row,
+#: or the store commits first and the waiter's next read sees the result.
+WAIT_LOCK = 0x6D67
+_LOCK_STORE = "SELECT pg_advisory_xact_lock_shared(%s, hashtext(%s))"
+#: Keys in one order (every waiter's), so two waiters never deadlock on each other.
+_LOCK_WAITERS = """
+SELECT count(pg_advisory_xact_lock(%s, key)) FROM (
+    SELECT DISTINCT hashtext(task_id) AS key FROM unnest(%s::text[]) AS task_id ORDER BY key
+) AS keys
+"""
+_REGISTER = (
+    "INSERT INTO result_waiters (task_id, waiter) SELECT unnest(%s::text[]), %s ON CONFLICT DO NOTHING"
+)
+#: Task ids registered per transaction: each holds one lock per id until it commits,
+#: and the server's lock table is shared (``max_locks_per_transaction``).
+REGISTER_BATCH = 256
 #: Seconds a new listener waits for its own probe notification before it gives up on NOTIFY.
 PROBE_SECONDS = 2.0
 _SELECT_MANY = """
@@ -350,8 +369,9 @@ class PostgresBackend(BaseBackend):
             datetime.now(UTC) if state in self.READY_STATES else None,
             *self._extended(request),
         )
+        lock = [(_LOCK_STORE, (WAIT_LOCK, task_id))] if state in self.READY_STATES else []
         try:
-            self._execute(_UPSERT, row, riders=riders)
+            self._execute(_UPSERT, row, riders=[*lock, *riders])
         except self.RETRYABLE:
             raise  # kept until stored: a retried store carries them again
         except DatabaseError as exc:
@@ -361,7 +381,7 @@ class PostgresBackend(BaseBackend):
             # and Celery's trace goes on to task_postrun, which runs the riders
             # again and, if they are refused there too, publishes the rerun.
             log.warning("task %s: %d statement(s) bound to its result refused: %s", task_id, len(riders), exc)
-            self._execute(_UPSERT, row)
+            self._execute(_UPSERT, row, riders=lock)
             return result
         if riders:
             _riders.pop(task_id, None)
@@ -457,13 +477,13 @@ class PostgresBackend(BaseBackend):
         """Ask the store to announce these tasks' results to ``waiter`` (a LISTEN connection's id).
 
         A wait registers before it reads the state again, so a result stored
-        before the registration is seen by that read and one stored after it is announced.
+        before the registration is seen by that read and one stored after it is
+        announced; ``WAIT_LOCK`` orders a store that runs during the registration.
         """
-        self._execute(
-            "INSERT INTO result_waiters (task_id, waiter) SELECT unnest(%s::text[]), %s "
-            "ON CONFLICT DO NOTHING",
-            (list(task_ids), waiter),
-        )
+        ids = sorted(set(task_ids))
+        for start in range(0, len(ids), REGISTER_BATCH):
+            batch = ids[start : start + REGISTER_BATCH]
+            self._execute(_REGISTER, (batch, waiter), riders=[(_LOCK_WAITERS, (WAIT_LOCK, batch))])
 
     def unregister_waiter(self, task_ids: Collection[str], waiter: str) -> None:
         """End ``waiter``'s registration for these tasks."""

@@ -106,3 +106,75 @@ def test_where_notify_cannot_reach_the_waiter_it_polls_and_says_so(
     task_id = str(uuid.uuid4())
     store_later(backend, task_id, "polled", delay=0.2)
     assert backend.wait_for(task_id, timeout=30, interval=0.1)["result"] == "polled"
+
+
+#: Task ids whose store the trigger below holds inside its statement.
+HELD = "held-store-"
+
+
+@pytest.fixture
+def slow_store(database: Any) -> Any:
+    """A trigger that keeps the storing statement of a ``HELD`` task id running for 1.5 s."""
+    with database.begin() as db:
+        db.execute(
+            text(
+                "CREATE OR REPLACE FUNCTION test_hold_store() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(1.5); RETURN NEW; END $$"
+            )
+        )
+        db.execute(text("DROP TRIGGER IF EXISTS test_hold_store ON task_results"))
+        db.execute(
+            text(
+                "CREATE TRIGGER test_hold_store BEFORE INSERT ON task_results FOR EACH ROW "
+                f"WHEN (NEW.task_id LIKE '{HELD}%') EXECUTE FUNCTION test_hold_store()"
+            )
+        )
+    yield
+    with database.begin() as db:
+        db.execute(text("DROP TRIGGER IF EXISTS test_hold_store ON task_results"))
+        db.execute(text("DROP FUNCTION IF EXISTS test_hold_store()"))
+
+
+def test_a_wait_that_registers_while_its_result_is_being_stored_still_wakes(
+    backend: result_backend.PostgresBackend, database: Any, slow_store: Any
+) -> None:
+    # given a result whose storing statement has begun (its snapshot taken) and not committed
+    task_id = f"{HELD}{uuid.uuid4()}"
+    store = threading.Thread(target=backend.store_result, args=(task_id, "stored", "SUCCESS"))
+    store.start()
+    with database.connect() as db:
+        while not db.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE :q"),
+            {"q": "%magnetiq_store_result%"},
+        ).scalar_one():
+            assert store.is_alive(), "the store ended before the wait began"
+            db.commit()
+
+    # when a producer starts waiting now, with no timeout, polling only once an hour
+    # (its registration would commit before that store does, unseen by its snapshot)
+    got: list[Any] = []
+    waiter = threading.Thread(
+        target=lambda: got.append(AsyncResult(task_id, app=celery_app).get(interval=NO_POLL)), daemon=True
+    )
+    waiter.start()
+
+    # then it gets the result: the store saw the registration, or the wait saw the store
+    waiter.join(60)
+    store.join()
+    assert got == ["stored"], "the wait was neither announced nor saw the stored result"
+
+
+def test_a_large_wait_registers_every_member_and_ends_clean(
+    backend: result_backend.PostgresBackend, database: Any
+) -> None:
+    # given a wait for more tasks than one registration transaction holds locks for
+    ids = [str(uuid.uuid4()) for _ in range(result_backend.REGISTER_BATCH * 2 + 7)]
+
+    # when it registers and ends, then every member was registered once and none is left
+    backend.register_waiter(ids, "large-wait")
+    with database.connect() as db:
+        count = text("SELECT count(*) FROM result_waiters WHERE waiter = 'large-wait'")
+        assert db.execute(count).scalar_one() == len(ids)
+        backend.unregister_waiter(ids, "large-wait")
+        db.commit()
+        assert db.execute(count).scalar_one() == 0
