@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import date, datetime
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -33,7 +33,10 @@ SEND_BOOKING_REMINDERS = "app.tasks.booking_tasks.send_booking_reminders"
 IMPORT_BOOKINGS = "app.tasks.booking_tasks.import_bookings"
 IMPORT_BOOKING_CHUNK = "app.tasks.booking_tasks.import_booking_chunk"
 FINISH_BOOKING_IMPORT = "app.tasks.booking_tasks.finish_booking_import"
+NOTIFY_BOOKING_IMPORT = "app.tasks.booking_tasks.notify_booking_import"
 EXPORT_BOOKING_CALENDARS = "app.tasks.booking_tasks.export_booking_calendars"
+EXPORT_RESOURCE_CALENDAR = "app.tasks.booking_tasks.export_resource_calendar"
+FINISH_CALENDAR_EXPORT = "app.tasks.booking_tasks.finish_calendar_export"
 RECONCILE_PAYMENTS = "app.tasks.booking_tasks.reconcile_payments"
 CLEANUP_OLD_SESSIONS = "app.tasks.maintenance.cleanup_old_sessions"
 EXPIRE_RESULTS = "app.tasks.maintenance.expire_results"
@@ -56,7 +59,10 @@ TASK_NAMES = (
     IMPORT_BOOKINGS,
     IMPORT_BOOKING_CHUNK,
     FINISH_BOOKING_IMPORT,
+    NOTIFY_BOOKING_IMPORT,
     EXPORT_BOOKING_CALENDARS,
+    EXPORT_RESOURCE_CALENDAR,
+    FINISH_CALENDAR_EXPORT,
     RECONCILE_PAYMENTS,
     CLEANUP_OLD_SESSIONS,
     EXPIRE_RESULTS,
@@ -233,6 +239,42 @@ class ImportChunkArgs(Arguments):
     chunk: Annotated[int, Field(ge=0)]
 
 
+class ImportReport(Arguments):
+    """An import's state and totals: what ``finish_booking_import`` returns."""
+
+    import_id: Id
+    status: Literal["uploaded", "importing", "completed"]
+    imported: Annotated[int, Field(ge=0)]
+    rejected: Annotated[int, Field(ge=0)]
+
+
+class NotifyImportArgs(Arguments):
+    """Arguments of ``notify_booking_import``: the report of the chain step before it.
+
+    A task meant to follow another in a chain takes its parent's result as its
+    first argument, typed as what the parent returns; any other value is
+    refused like any bad argument.
+    """
+
+    report: ImportReport
+
+
+class CalendarArgs(Arguments):
+    """Arguments of ``export_resource_calendar``."""
+
+    resource_id: Id
+
+
+class FinishCalendarExportArgs(Arguments):
+    """Arguments of ``finish_calendar_export``: its chord header's results, in header order.
+
+    Each is the id of the resource whose feed was written, or None for one
+    deleted since the export began.
+    """
+
+    exported: Annotated[list[Id | None], Field(max_length=100_000)]
+
+
 class ReconcileArgs(Arguments):
     """Arguments of ``reconcile_payments``: a statement file on the workers' shared volume."""
 
@@ -284,7 +326,10 @@ ARGUMENT_MODELS: dict[str, type[Arguments]] = {
     IMPORT_BOOKINGS: ImportArgs,
     IMPORT_BOOKING_CHUNK: ImportChunkArgs,
     FINISH_BOOKING_IMPORT: ImportArgs,
+    NOTIFY_BOOKING_IMPORT: NotifyImportArgs,
     EXPORT_BOOKING_CALENDARS: NoArgs,
+    EXPORT_RESOURCE_CALENDAR: CalendarArgs,
+    FINISH_CALENDAR_EXPORT: FinishCalendarExportArgs,
     RECONCILE_PAYMENTS: ReconcileArgs,
     CLEANUP_OLD_SESSIONS: PeriodicArgs,
     EXPIRE_RESULTS: PeriodicArgs,

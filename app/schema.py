@@ -232,6 +232,8 @@ bookings = Table(
     Column("confirmation_queued_at", DateTime(timezone=True)),
     Column("reminder_queued_at", DateTime(timezone=True)),
     Column("cancellation_queued_at", DateTime(timezone=True)),
+    #: The CSV import that booked it (``source = 'import'``).
+    Column("import_id", BigInteger, ForeignKey("booking_imports.id", ondelete="SET NULL")),
     UniqueConstraint("reference"),
     CheckConstraint("status IN ('pending', 'confirmed', 'cancelled', 'expired')", name="status_known"),
     CheckConstraint("status <> 'confirmed' OR confirmed_at IS NOT NULL", name="confirmed_has_time"),
@@ -242,6 +244,7 @@ bookings = Table(
     ),
     Index("ix_bookings_status_created_at", "status", "created_at"),
     Index("ix_bookings_user_id", "user_id"),
+    Index("ix_bookings_import_id", "import_id", postgresql_where=text("import_id IS NOT NULL")),
 )
 
 #: CSV files of bookings uploaded by staff, imported by ``import_bookings``.

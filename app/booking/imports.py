@@ -3,7 +3,8 @@
 ``start_import`` validates the whole file and records a per-row error for
 every bad line and the good lines in chunks; ``import_chunk`` books one chunk
 in one transaction (a re-run finds it done); ``finish_import`` closes the
-import with its totals once no chunk is pending. Rows book confirmed slots
+import with its totals once no chunk is pending; ``notify_imported`` queues
+the confirmation email of each booking it made. Rows book confirmed slots
 directly (staff arranged them); an amount becomes a pending payment.
 """
 
@@ -14,12 +15,13 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError
 from sqlalchemy import Connection, Engine, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 
+from app.booking.notices import Notifier, queue_once
 from app.schema import (
     booking_import_chunks,
     booking_import_errors,
@@ -34,6 +36,15 @@ from app.schema import (
 #: The columns an import file must have, in any order.
 COLUMNS = ("reference", "email", "name", "resource", "starts_at", "amount_cents", "currency")
 Line = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+class ImportReport(TypedDict):
+    """An import's state after its last chunk: what ``finish_import`` returns."""
+
+    import_id: int
+    status: str
+    imported: int
+    rejected: int
 
 
 class ImportNotFound(LookupError):
@@ -198,8 +209,8 @@ def _record_errors(db: Connection, import_id: int, errors: dict[int, str]) -> No
         )
 
 
-def import_chunk(engine: Engine, import_id: int, chunk: int) -> bool:
-    """Book one chunk's rows once; return True when the import is ready to be finished.
+def import_chunk(engine: Engine, import_id: int, chunk: int) -> int:
+    """Book one chunk's rows once; return how many of them it booked (a re-run: as many as the first).
 
     Raises:
         ImportNotFound: no such import chunk.
@@ -212,18 +223,15 @@ def import_chunk(engine: Engine, import_id: int, chunk: int) -> bool:
         ).first()
         if row is None:
             raise ImportNotFound(f"import {import_id} has no chunk {chunk}")
-        if row.status == "pending":
-            imported = _book_lines(db, import_id, set(row.lines))
-            db.execute(
-                update(booking_import_chunks)
-                .where(booking_import_chunks.c.import_id == import_id, booking_import_chunks.c.chunk == chunk)
-                .values(status="done", imported=imported)
-            )
-        # Serialise the chunks' last step: the one that commits last sees no chunk pending.
-        status = db.execute(
-            select(booking_imports.c.status).where(booking_imports.c.id == import_id).with_for_update()
-        ).scalar_one()
-        return status == "importing" and _pending_chunks(db, import_id) == 0
+        if row.status != "pending":
+            return int(row.imported)
+        imported = _book_lines(db, import_id, set(row.lines))
+        db.execute(
+            update(booking_import_chunks)
+            .where(booking_import_chunks.c.import_id == import_id, booking_import_chunks.c.chunk == chunk)
+            .values(status="done", imported=imported)
+        )
+        return imported
 
 
 def _pending_chunks(db: Connection, import_id: int) -> int:
@@ -260,6 +268,7 @@ def _book_lines(db: Connection, import_id: int, lines: set[int]) -> int:
             "slot_id": slot_id,
             "status": "confirmed",
             "source": "import",
+            "import_id": import_id,
             "confirmed_at": func.now(),
         }
         booking_id = db.execute(
@@ -292,11 +301,11 @@ def _user_ids(db: Connection, people: dict[str, str]) -> dict[str, int]:
     return dict(db.execute(select(users.c.email, users.c.id).where(users.c.email.in_(people))).all())
 
 
-def finish_import(engine: Engine, import_id: int) -> str:
+def finish_import(engine: Engine, import_id: int) -> ImportReport:
     """Close an import whose chunks are all done, with its totals; a repeat changes nothing.
 
     Returns:
-        ``"Import <id>: <n> imported, <m> rejected"``.
+        The import's status and, once completed, its totals.
 
     Raises:
         ImportNotFound: no such import.
@@ -326,9 +335,29 @@ def finish_import(engine: Engine, import_id: int) -> str:
                 )
                 .returning(booking_imports)
             ).one()
-    if row.status != "completed":
-        return f"Import {import_id}: {row.status}"
-    return f"Import {import_id}: {row.imported_rows} imported, {row.error_rows} rejected"
+    return {
+        "import_id": import_id,
+        "status": row.status,
+        "imported": row.imported_rows or 0,
+        "rejected": row.error_rows or 0,
+    }
+
+
+def notify_imported(engine: Engine, notifier: Notifier, import_id: int) -> int:
+    """Queue the confirmation email of each booking the import confirmed, once per booking.
+
+    Returns:
+        How many confirmations this call queued.
+    """
+    with engine.begin() as db:
+        return queue_once(
+            db,
+            notifier,
+            "confirmation",
+            bookings.c.confirmation_queued_at,
+            bookings.c.import_id == import_id,
+            bookings.c.status == "confirmed",
+        )
 
 
 def import_errors(engine: Engine, import_id: int) -> dict[int, str]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import Connection, Select, select
+from sqlalchemy import Column, ColumnElement, Connection, Select, func, select, update
 
 from app.schema import bookings, resources, time_slots, users
 
@@ -75,3 +75,31 @@ def notice_from_row(row: Any) -> Notice:
 def load_notice(connection: Connection, booking_id: int) -> Notice:
     """Read the notice of one booking."""
     return notice_from_row(connection.execute(notice_query().where(bookings.c.id == booking_id)).one())
+
+
+def queue_once(
+    db: Connection, notifier: Notifier, kind: Kind, queued: Column[Any], *where: ColumnElement[bool]
+) -> int:
+    """Queue a ``kind`` email for each booking matching ``where`` not yet marked ``queued``; mark them.
+
+    The rows stay locked from the select to the caller's commit, so a
+    concurrent duplicate run skips them and a later one finds them marked.
+
+    Returns:
+        How many emails this call queued.
+    """
+    query = (
+        notice_query()
+        .where(queued.is_(None), *where)
+        .order_by(time_slots.c.starts_at, bookings.c.id)
+        .with_for_update(of=bookings, skip_locked=True)
+    )
+    notices = [notice_from_row(row) for row in db.execute(query)]
+    if notices:
+        notifier.send(kind, notices)
+        db.execute(
+            update(bookings)
+            .where(bookings.c.id.in_([notice.booking_id for notice in notices]))
+            .values({queued.name: func.now()})
+        )
+    return len(notices)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import Connection, Engine, func, update
+from sqlalchemy import ColumnElement, Engine
 
-from app.booking.notices import Notice, Notifier, notice_from_row, notice_query
+from app.booking.notices import Notice, Notifier, notice_from_row, notice_query, queue_once
 from app.schema import bookings, time_slots
 
 
@@ -15,43 +15,26 @@ def _day_bounds(day: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
-def _due(db: Connection, day: date, *, lock: bool) -> list[Notice]:
+def _due(day: date) -> list[ColumnElement[bool]]:
     start, end = _day_bounds(day)
-    query = notice_query().where(
-        bookings.c.status == "confirmed",
-        bookings.c.reminder_queued_at.is_(None),
-        time_slots.c.starts_at >= start,
-        time_slots.c.starts_at < end,
-    )
-    if lock:
-        # Another run holding some of these rows queues them; this one skips them.
-        query = query.with_for_update(of=bookings, skip_locked=True)
-    return [notice_from_row(row) for row in db.execute(query.order_by(time_slots.c.starts_at, bookings.c.id))]
+    return [bookings.c.status == "confirmed", time_slots.c.starts_at >= start, time_slots.c.starts_at < end]
 
 
 def bookings_needing_reminders(engine: Engine, day: date) -> list[Notice]:
     """Confirmed bookings starting on ``day`` (UTC) whose reminder has not been queued."""
+    query = notice_query().where(bookings.c.reminder_queued_at.is_(None), *_due(day))
     with engine.connect() as db:
-        return _due(db, day, lock=False)
+        rows = db.execute(query.order_by(time_slots.c.starts_at, bookings.c.id))
+        return [notice_from_row(row) for row in rows]
 
 
 def queue_reminders(engine: Engine, notifier: Notifier, day: date) -> int:
     """Queue one reminder per confirmed booking starting on ``day`` (UTC), once per booking.
 
-    The rows stay locked from the select to the commit that marks them queued,
-    so a concurrent duplicate run skips them and a sequential one finds them
-    marked.
+    Concurrent runs split the bookings between them (``queue_once``).
 
     Returns:
         How many reminders this call queued.
     """
     with engine.begin() as db:
-        notices = _due(db, day, lock=True)
-        if notices:
-            notifier.send("reminder", notices)
-            db.execute(
-                update(bookings)
-                .where(bookings.c.id.in_([n.booking_id for n in notices]))
-                .values(reminder_queued_at=func.now())
-            )
-    return len(notices)
+        return queue_once(db, notifier, "reminder", bookings.c.reminder_queued_at, *_due(day))

@@ -6,7 +6,7 @@ import csv
 import logging
 import os
 import tempfile
-from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,46 +28,71 @@ class StatementInvalid(ValueError):
     """The statement file is missing or malformed: never retried."""
 
 
-def export_calendars(engine: Engine, directory: Path) -> int:
-    """Write ``resource-<id>.ics`` per resource with its confirmed bookings; files are replaced atomically.
+def resource_ids(engine: Engine) -> list[int]:
+    """Every resource's id: one calendar feed each."""
+    with engine.connect() as db:
+        return list(db.execute(select(resources.c.id).order_by(resources.c.id)).scalars())
+
+
+def export_calendar(engine: Engine, directory: Path, resource_id: int) -> bool:
+    """Write ``resource-<id>.ics`` with the resource's confirmed bookings; the file is replaced atomically.
 
     Events carry the booking reference only (no personal data), keyed by a
     stable UID, so calendar clients update rather than duplicate them.
 
     Returns:
-        How many feeds were written.
+        False, writing nothing, when the resource no longer exists.
     """
-    directory.mkdir(parents=True, exist_ok=True)
     with engine.connect() as db:
-        names = dict(db.execute(select(resources.c.id, resources.c.name)).all())
+        name = db.execute(select(resources.c.name).where(resources.c.id == resource_id)).scalar()
         rows = db.execute(
-            select(
-                time_slots.c.resource_id, bookings.c.reference, time_slots.c.starts_at, time_slots.c.ends_at
-            )
+            select(bookings.c.reference, time_slots.c.starts_at, time_slots.c.ends_at)
             .join(time_slots, time_slots.c.id == bookings.c.slot_id)
-            .where(bookings.c.status == "confirmed")
+            .where(bookings.c.status == "confirmed", time_slots.c.resource_id == resource_id)
             .order_by(time_slots.c.starts_at)
         ).all()
-    events: dict[int, list[Event]] = defaultdict(list)
+    if name is None:
+        return False
+    calendar = Calendar()
+    calendar.add("prodid", "-//Magnetiq//bookings//EN")
+    calendar.add("version", "2.0")
+    calendar.add("x-wr-calname", name)
     stamp = datetime.now(UTC)
-    for resource_id, reference, starts_at, ends_at in rows:
+    for reference, starts_at, ends_at in rows:
         event = Event()
         event.add("uid", f"booking-{reference}@magnetiq")
         event.add("dtstamp", stamp)
         event.add("dtstart", starts_at.astimezone(UTC))
         event.add("dtend", ends_at.astimezone(UTC))
-        event.add("summary", f"{names[resource_id]}: booked ({reference})")
+        event.add("summary", f"{name}: booked ({reference})")
         event.add("status", "CONFIRMED")
-        events[resource_id].append(event)
-    for resource_id, name in names.items():
-        calendar = Calendar()
-        calendar.add("prodid", "-//Magnetiq//bookings//EN")
-        calendar.add("version", "2.0")
-        calendar.add("x-wr-calname", name)
-        for event in events[resource_id]:
-            calendar.add_component(event)
-        _write_atomically(directory / f"resource-{resource_id}.ics", calendar.to_ical())
-    return len(names)
+        calendar.add_component(event)
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_atomically(directory / f"resource-{resource_id}.ics", calendar.to_ical())
+    return True
+
+
+def prune_calendars(directory: Path, exported: Collection[int]) -> list[str]:
+    """Delete the feeds of resources not in ``exported`` (deleted since); return their file names."""
+    keep = {f"resource-{resource_id}.ics" for resource_id in exported}
+    stale = sorted(p.name for p in directory.glob("resource-*.ics") if p.name not in keep)
+    for name in stale:
+        (directory / name).unlink(missing_ok=True)
+    return stale
+
+
+def export_calendars(engine: Engine, directory: Path) -> int:
+    """Write every resource's feed and delete the feeds of resources that are gone, in this process.
+
+    The fleet's ``export_booking_calendars`` does the same as a chord: one task
+    per feed, then ``prune_calendars``.
+
+    Returns:
+        How many feeds were written.
+    """
+    exported = [rid for rid in resource_ids(engine) if export_calendar(engine, directory, rid)]
+    prune_calendars(directory, exported)
+    return len(exported)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -1,7 +1,8 @@
 """Booking and payment tasks (queue ``booking``, prefork pool).
 
 Each task validates its arguments, calls one domain function and returns;
-follow-up work (emails, import chunks) is published by task name.
+follow-up emails are published by task name. The import and the calendar
+export are canvases: their first task replaces itself with the rest.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from celery import Task
+from celery import Task, chord
 from sqlalchemy.exc import OperationalError
 
 from app import contracts
@@ -22,7 +23,7 @@ from app.celery_app import celery_app
 from app.settings import get_settings
 from app.tasks import resources
 from app.tasks.base import FleetTask
-from app.tasks.notify import EmailNotifier, publish
+from app.tasks.notify import EmailNotifier
 
 #: Errors that may pass: database connection loss, lock and statement timeouts,
 #: deadlocks (all OperationalError), and a provider that is down or slow.
@@ -69,35 +70,73 @@ def send_booking_reminders(self: FleetTask, day: date) -> str:
 
 
 @booking_task(contracts.IMPORT_BOOKINGS, contracts.ImportArgs)
-def import_bookings(self: FleetTask, import_id: int) -> str:
-    """Validate an uploaded CSV, then fan out its chunks (or close it when none is left)."""
+def import_bookings(self: FleetTask, import_id: int) -> Any:
+    """Validate an uploaded CSV, then hand over to the rest of the import's chain (same task id).
+
+    The chain is the seed's validate -> process -> notify: this task validates;
+    a chord books the chunks (``import_booking_chunk``) and its body
+    (``finish_booking_import``) closes the import with its report;
+    ``notify_booking_import`` takes that report and queues the confirmations.
+    The producer's result is the chain's last.
+    """
     chunks = imports.start_import(resources.engine(), import_id, get_settings().booking_import_chunk_size)
-    if chunks:
-        publish(contracts.IMPORT_BOOKING_CHUNK, [{"import_id": import_id, "chunk": c} for c in chunks])
-    else:
-        publish(contracts.FINISH_BOOKING_IMPORT, [{"import_id": import_id}])
-    return f"Import {import_id}: {len(chunks)} chunks queued"
+    report = finish_booking_import.si(import_id)
+    process = chord([import_booking_chunk.si(import_id, c) for c in chunks], report) if chunks else report
+    return self.replace(process | notify_booking_import.s())
 
 
 @booking_task(contracts.IMPORT_BOOKING_CHUNK, contracts.ImportChunkArgs)
-def import_booking_chunk(self: FleetTask, import_id: int, chunk: int) -> str:
-    """Book one chunk of an import; the last chunk to finish queues the summary task."""
-    if imports.import_chunk(resources.engine(), import_id, chunk):
-        publish(contracts.FINISH_BOOKING_IMPORT, [{"import_id": import_id}])
-    return f"Import {import_id} chunk {chunk} done"
+def import_booking_chunk(self: FleetTask, import_id: int, chunk: int) -> int:
+    """Book one chunk of an import; return how many of its rows were booked."""
+    return imports.import_chunk(resources.engine(), import_id, chunk)
 
 
 @booking_task(contracts.FINISH_BOOKING_IMPORT, contracts.ImportArgs)
-def finish_booking_import(self: FleetTask, import_id: int) -> str:
-    """Close an import with its totals (imported rows, rejected rows)."""
+def finish_booking_import(self: FleetTask, import_id: int) -> imports.ImportReport:
+    """Close an import with its totals (imported rows, rejected rows); return its report."""
     return imports.finish_import(resources.engine(), import_id)
 
 
+@booking_task(contracts.NOTIFY_BOOKING_IMPORT, contracts.NotifyImportArgs)
+def notify_booking_import(self: FleetTask, report: contracts.ImportReport) -> str:
+    """Queue the confirmation email of each booking an import made; say what the import did."""
+    queued = imports.notify_imported(resources.engine(), notifier, report.import_id)
+    return (
+        f"Import {report.import_id} {report.status}: {report.imported} imported, "
+        f"{report.rejected} rejected, {queued} confirmations queued"
+    )
+
+
 @booking_task(contracts.EXPORT_BOOKING_CALENDARS, contracts.NoArgs)
-def export_booking_calendars(self: FleetTask) -> str:
-    """Write each resource's confirmed bookings as an iCalendar feed (``CALENDAR_EXPORT_DIR``)."""
-    count = sync.export_calendars(resources.engine(), Path(get_settings().calendar_export_dir))
-    return f"Exported {count} calendars"
+def export_booking_calendars(self: FleetTask) -> Any:
+    """Export every resource's iCalendar feed (``CALENDAR_EXPORT_DIR``): a group, then a reconciling body.
+
+    One ``export_resource_calendar`` per resource runs as a chord whose body,
+    ``finish_calendar_export``, takes the feeds written and deletes those of
+    resources that are gone; it replaces this task (same task id).
+    """
+    feeds = [export_resource_calendar.si(rid) for rid in sync.resource_ids(resources.engine())]
+    finish = finish_calendar_export.s()
+    return self.replace(chord(feeds, finish) if feeds else finish.clone(([],)))
+
+
+@booking_task(contracts.EXPORT_RESOURCE_CALENDAR, contracts.CalendarArgs)
+def export_resource_calendar(self: FleetTask, resource_id: int) -> int | None:
+    """Write one resource's feed; return its id, or None when the resource is gone."""
+    written = sync.export_calendar(resources.engine(), _calendar_dir(), resource_id)
+    return resource_id if written else None
+
+
+@booking_task(contracts.FINISH_CALENDAR_EXPORT, contracts.FinishCalendarExportArgs)
+def finish_calendar_export(self: FleetTask, exported: list[int | None]) -> str:
+    """Delete the feeds of resources that no longer exist; say how many feeds the export wrote."""
+    written = [rid for rid in exported if rid is not None]
+    stale = sync.prune_calendars(_calendar_dir(), {*written, *sync.resource_ids(resources.engine())})
+    return f"Exported {len(written)} calendars" + (f", removed {len(stale)}" if stale else "")
+
+
+def _calendar_dir() -> Path:
+    return Path(get_settings().calendar_export_dir)
 
 
 @booking_task(contracts.RECONCILE_PAYMENTS, contracts.ReconcileArgs)

@@ -271,12 +271,20 @@ def test_import_validates_every_row_and_books_the_good_ones_in_chunks(database: 
     chunks = imports.start_import(database, import_id, chunk_size=2)
     assert chunks == [0, 1]
     assert imports.start_import(database, import_id, chunk_size=2) == [0, 1]
-    assert imports.import_chunk(database, import_id, 0) is False
-    assert imports.import_chunk(database, import_id, 1) is True
-    assert imports.import_chunk(database, import_id, 1) is True  # a re-run books nothing more
-    assert imports.finish_import(database, import_id) == "Import 1: 3 imported, 5 rejected"
-    assert imports.finish_import(database, import_id) == "Import 1: 3 imported, 5 rejected"
+    assert imports.import_chunk(database, import_id, 0) == 2
+    assert imports.import_chunk(database, import_id, 1) == 1
+    assert imports.import_chunk(database, import_id, 1) == 1  # a re-run books nothing more
+    report = {"import_id": import_id, "status": "completed", "imported": 3, "rejected": 5}
+    assert imports.finish_import(database, import_id) == report
+    assert imports.finish_import(database, import_id) == report
     assert imports.start_import(database, import_id, chunk_size=2) == []
+
+    # and the bookings it made are confirmed once each
+    notifying = RecordingNotifier()
+    assert imports.notify_imported(database, notifying, import_id) == 3
+    assert imports.notify_imported(database, notifying, import_id) == 0
+    assert sorted(n.booking_ref for _, n in notifying.sent) == ["IMP-1", "IMP-2", "IMP-6"]
+    assert {kind for kind, _ in notifying.sent} == {"confirmation"}
 
     booked = rows(database, "SELECT reference, status, source FROM bookings ORDER BY reference")
     assert [(b.reference, b.status, b.source) for b in booked] == [
@@ -303,15 +311,20 @@ def test_import_of_taken_slot_reports_a_row_error(database: Any, provider: Any) 
     )
 
     assert imports.start_import(database, import_id, chunk_size=10) == [0]
-    assert imports.import_chunk(database, import_id, 0) is True
-    assert imports.finish_import(database, import_id) == f"Import {import_id}: 0 imported, 1 rejected"
+    assert imports.import_chunk(database, import_id, 0) == 0
+    assert imports.finish_import(database, import_id)["rejected"] == 1
     assert imports.import_errors(database, import_id) == {2: "reference exists or slot already booked"}
 
 
 def test_import_without_the_columns_is_one_error(database: Any) -> None:
     import_id = imports.create_import(database, "bad.csv", "reference,email\nA,a@example.com\n")
     assert imports.start_import(database, import_id, chunk_size=10) == []
-    assert imports.finish_import(database, import_id) == f"Import {import_id}: 0 imported, 1 rejected"
+    assert imports.finish_import(database, import_id) == {
+        "import_id": import_id,
+        "status": "completed",
+        "imported": 0,
+        "rejected": 1,
+    }
     assert (
         "missing columns: amount_cents, currency, name, resource, starts_at"
         in imports.import_errors(database, import_id)[1]
@@ -333,6 +346,13 @@ def test_calendar_feeds_per_resource(database: Any, provider: Any, tmp_path: Pat
     assert "ada@example.com" not in feed.to_ical().decode()
     other = Calendar.from_ical((tmp_path / "feeds" / f"resource-{empty.resource_id}.ics").read_bytes())
     assert other.walk("VEVENT") == []
+
+    # a resource that is gone gets no feed, and a feed of one is pruned
+    assert sync.export_calendar(database, tmp_path / "feeds", 999_999) is False
+    (tmp_path / "feeds" / "resource-999999.ics").write_bytes(b"")
+    kept = {seeded.resource_id, empty.resource_id}
+    assert sync.prune_calendars(tmp_path / "feeds", kept) == ["resource-999999.ics"]
+    assert sorted(p.name for p in (tmp_path / "feeds").iterdir()) == sorted(f"resource-{i}.ics" for i in kept)
 
 
 def test_reconcile_payments_against_a_statement(

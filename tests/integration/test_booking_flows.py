@@ -398,30 +398,40 @@ def test_reminder_runs_at_once_queue_one_reminder_per_booking(
     assert keys == sorted(f"booking-reminder:{i}" for i in ids)
 
 
-def test_import_file_is_validated_chunked_and_closed(workers: list[WorkerProcess], database: Any) -> None:
+def test_import_file_is_validated_chunked_closed_and_notified(
+    workers: list[WorkerProcess], database: Any, broker: Connection
+) -> None:
     # given an uploaded CSV with three good and five bad rows
     seed(database, slots=3)
     import_id = create_import(database, "staff.csv", IMPORT_CSV)
 
     # when its import is delivered twice at once (chunks of two rows)
-    outcomes = [r.get(timeout=30) for r in [producer.enqueue_import_bookings(import_id) for _ in range(2)]]
-    assert f"Import {import_id}: 2 chunks queued" in outcomes
+    # and the producer reads each delivery's result, as the seed reads a chain's
+    outcomes = [r.get(timeout=60) for r in [producer.enqueue_import_bookings(import_id) for _ in range(2)]]
 
-    # then the chunks book the good rows and the summary task closes the import
-    wait_until(
-        lambda: scalar(database, "SELECT status FROM booking_imports") == "completed",
-        30,
-        "the import to close",
-    )
+    # then each result is the chain's last step: the import closed with its totals
+    totals = f"Import {import_id} completed: 3 imported, 5 rejected"
+    assert all(outcome.startswith(totals) for outcome in outcomes), outcomes
     (summary,) = rows(
-        database, "SELECT total_rows, chunk_count, imported_rows, error_rows FROM booking_imports"
+        database, "SELECT status, total_rows, chunk_count, imported_rows, error_rows FROM booking_imports"
     )
-    assert tuple(summary) == (8, 2, 3, 5)
-    assert (
-        scalar(database, "SELECT count(*) FROM bookings WHERE source = 'import' AND status = 'confirmed'")
-        == 3
+    assert tuple(summary) == ("completed", 8, 2, 3, 5)
+    booked = rows(
+        database,
+        "SELECT id FROM bookings WHERE source = 'import' AND status = 'confirmed' AND import_id = :id",
+        id=import_id,
     )
+    assert len(booked) == 3
     assert sorted(import_errors(database, import_id)) == [4, 5, 6, 8, 9]
+
+    # and each imported booking's confirmation was queued once, by the two runs together
+    queued = sorted(int(outcome.split(", ")[-1].split()[0]) for outcome in outcomes)
+    assert sum(queued) == 3
+    emails = _emails(broker, 3)
+    assert sorted(e.kwargs["idempotency_key"] for e in emails) == sorted(
+        f"booking-confirmation:{row.id}" for row in booked
+    )
+    assert {e.task for e in emails} == {CONFIRMATION}
 
 
 def test_calendar_feeds_and_payment_reconciliation(
@@ -432,13 +442,19 @@ def test_calendar_feeds_and_payment_reconciliation(
     for i in range(2):
         _book(seeded, f"SYNC-{i}", slot=i).get(timeout=30)
 
-    # when the calendars are exported and a provider statement is reconciled
+    # and the feed of a resource deleted since the last export
+    stale = calendar_dir / "resource-999999.ics"
+    stale.write_bytes(b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n")
+
+    # when the calendars are exported (a chord: a task per feed, then a reconciling body)
+    # and a provider statement is reconciled
     exported = export_booking_calendars.delay().get(timeout=30)
     statement = ledger.write_statement(tmp_path / "statement.csv")
     summary = reconcile_payments.delay(str(statement)).get(timeout=30)
 
-    # then the resource's feed lists both bookings and every payment matches
-    assert exported == "Exported 1 calendars"
+    # then the resource's feed lists both bookings, the stale feed is gone, and every payment matches
+    assert exported == "Exported 1 calendars, removed 1"
+    assert not stale.exists()
     feed = Calendar.from_ical((calendar_dir / f"resource-{seeded.resource_id}.ics").read_bytes())
     assert sorted(str(e["uid"]) for e in feed.walk("VEVENT")) == [
         "booking-SYNC-0@magnetiq",
