@@ -21,6 +21,7 @@ from app.migrate import upgrade
 from tests.bench.booking_flow import Flow
 from tests.bench.cpu import loop_ms
 from tests.bench.harness import Bench, Drain, measure_drain
+from tests.bench.loop_lag import Lag
 from tests.bench.plan import CORES, FLEET, SIZES, Measure, fleet_argv, measurements
 from tests.bench.report import README, RESULTS, heading, machine, record, show_latest, table
 from tests.bench.store import commit_us
@@ -79,6 +80,13 @@ def run(bench: Bench, todo: dict[str, Measure], reps: int) -> dict[str, list[dic
                 detail = (
                     f"{value.n} bookings in {value.seconds:.2f}s, {value.db_ms_per_booking:.2f} ms in "
                     f"PostgreSQL per booking ({value.db_share:.0%} of worker time)"
+                )
+            elif isinstance(value, Lag):
+                sample = {"value": value.p99_ms, "p50_ms": value.p50_ms, "max_ms": value.max_ms}
+                detail = (
+                    f"ms; {value.n} tasks published by {value.requests} coroutines in {value.seconds:.2f}s "
+                    f"({value.rate:,.0f}/s); {value.ticks} ticks late by p50 {value.p50_ms:.2f} ms, "
+                    f"max {value.max_ms:.2f} ms"
                 )
             else:
                 sample = {"value": float(value)}

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from tests.bench.cpu import GROUPS
 from tests.bench.harness import ROOT, Bench
-from tests.bench.plan import BOOKING_FLOW, FIGURES
+from tests.bench.plan import BOOKING_FLOW, FIGURES, Figure
 
 #: Where ``make bench`` appends each run; earlier runs are never rewritten.
 RESULTS = ROOT / "tests" / "bench" / "RESULTS.md"
@@ -65,6 +65,19 @@ def speed_lines(samples: dict[str, list[dict[str, float]]]) -> list[str]:
     return lines
 
 
+def verdict(fig: Figure, fleet: float, ratio: float) -> tuple[str, bool | None]:
+    """A figure's target as the table shows it, and whether it was met (None: no target)."""
+    sign = "<=" if fig.at_most else ">="
+    checks = [
+        (f"{sign} {bound:g}{suffix}", value <= bound if fig.at_most else value >= bound)
+        for bound, value, suffix in ((fig.target, ratio, "x"), (fig.limit, fleet, f" {fig.unit}"))
+        if bound is not None
+    ]
+    if not checks:
+        return "-", None
+    return ", ".join(text for text, _ in checks), all(met for _, met in checks)
+
+
 def table(samples: dict[str, list[dict[str, float]]]) -> tuple[list[str], bool]:
     """Render the markdown table; return its lines and whether every target was met."""
     lines = [
@@ -78,15 +91,11 @@ def table(samples: dict[str, list[dict[str, float]]]) -> tuple[list[str], bool]:
         fleet, base = median(samples[fig.fleet]), median(samples[fig.baseline])
         assert fleet is not None and base is not None
         ratio = fleet / base if base else float("inf")
-        if fig.target is None:
-            target, verdict = "-", "-"
-        else:
-            met = ratio <= fig.target if fig.at_most else ratio >= fig.target
-            all_met &= met
-            target, verdict = f"{'<=' if fig.at_most else '>='} {fig.target:g}x", "yes" if met else "NO"
+        target, met = verdict(fig, fleet, ratio)
+        all_met &= met is not False
         lines.append(
             f"| {fig.name} | {fleet:,.1f} {fig.unit} | {fig.baseline} | {base:,.1f} {fig.unit} | "
-            f"{ratio:.2f}x | {target} | {verdict} |"
+            f"{ratio:.2f}x | {target} | {'-' if met is None else 'yes' if met else 'NO'} |"
         )
     lines += speed_lines(samples)
     lines += [
