@@ -228,8 +228,10 @@ _STORE = "result store, one process, one commit per result"
 _FLEET = "fleet booking, results, metrics on"
 _WAIT = "result wait, task end -> get() returns"
 _LAG = "event-loop lag while publishing, p99"
-#: The loop lag an ``async def`` service may see while it publishes (the issue's requirement).
+#: The loop lag an ``async def`` service may see while it publishes (what `app.producer.aio` promises).
 LOOP_LAG_LIMIT_MS = 5.0
+#: From a task's end to ``get()`` returning, p50 and p99, in ms (what the LISTEN wait promises).
+RESULT_WAIT_LIMITS_MS = (5.0, 20.0)
 
 FIGURES = (
     # The headline: plain Celery started as its users start it.
@@ -263,8 +265,24 @@ FIGURES = (
         at_most=True,
     ),
     # The stock database backend's get() polls every 0.5 s; the fleet's wakes on NOTIFY.
-    Figure(_WAIT + ", p50", "fleet result wait p50", "plain result wait p50", None, unit="ms", at_most=True),
-    Figure(_WAIT + ", p99", "fleet result wait p99", "plain result wait p99", None, unit="ms", at_most=True),
+    Figure(
+        _WAIT + ", p50",
+        "fleet result wait p50",
+        "plain result wait p50",
+        None,
+        unit="ms",
+        at_most=True,
+        limit=RESULT_WAIT_LIMITS_MS[0],
+    ),
+    Figure(
+        _WAIT + ", p99",
+        "fleet result wait p99",
+        "plain result wait p99",
+        None,
+        unit="ms",
+        at_most=True,
+        limit=RESULT_WAIT_LIMITS_MS[1],
+    ),
     # A loop that calls .delay() waits out every publish of every request; the aio helpers, never.
     Figure(
         _LAG,
