@@ -15,6 +15,12 @@ PREFIXES: dict[str, str] = {
     # Celery's own result expiry job runs beside the other periodic jobs.
     "celery.backend_cleanup": names.MAINTENANCE,
 }
+#: Tasks routed apart from their module's queue, by full name (checked first).
+#: The calendar export is rate limited: a worker holds a waiting one unacked in
+#: a prefetch slot, which on the booking queue would hold up payments.
+OVERRIDES: dict[str, str] = {
+    "app.tasks.booking_tasks.export_booking_calendars": names.MAINTENANCE,
+}
 #: Queue of Celery's other built-in tasks a producer may publish (``celery.chord_unlock``
 #: for a chord); the same as ``task_default_queue``.
 CELERY_TASKS_QUEUE = names.BOOKING
@@ -23,6 +29,8 @@ CELERY_PREFIX = "celery."
 
 def queue_for(task_name: str) -> str | None:
     """Return the work queue of a task name, or None when no prefix matches."""
+    if task_name in OVERRIDES:
+        return OVERRIDES[task_name]
     for prefix, queue in PREFIXES.items():
         if task_name == prefix or task_name.startswith(prefix):
             return queue

@@ -8,11 +8,43 @@ from typing import Any, ClassVar
 
 from celery import Signature, Task
 from celery.result import AsyncResult
+from celery.utils.time import rate
 from kombu import Producer
 
 from app.contracts import Arguments, InvalidTaskArguments, validate_arguments
 
 log = logging.getLogger(__name__)
+
+
+class TaskOptionError(ValueError):
+    """A task was registered with an option value it can never use."""
+
+
+def check_options(name: str, rate_limit: Any = None, result_expires: Any = None) -> None:
+    """Check a task's ``rate_limit`` and ``result_expires`` as it is registered.
+
+    ``rate_limit`` is parsed by Celery's own parser (``celery.utils.time.rate``),
+    which its worker would otherwise first call at start-up, failing there
+    without naming the task.
+
+    Raises:
+        TaskOptionError: naming the task, the option and the value.
+    """
+    try:
+        valid = rate(rate_limit) >= 0
+    except (ValueError, KeyError, TypeError):  # a bad number, an unknown unit, not a string or number
+        valid = False
+    if not valid:
+        raise TaskOptionError(
+            f"{name}: invalid rate_limit {rate_limit!r}: expected Celery's "
+            "'<number>/s', '<number>/m' or '<number>/h' (e.g. '10/m')"
+        )
+    if result_expires is not None and (
+        not isinstance(result_expires, int) or isinstance(result_expires, bool) or result_expires <= 0
+    ):
+        raise TaskOptionError(
+            f"{name}: invalid result_expires {result_expires!r}: expected a whole number of seconds > 0"
+        )
 
 
 class FleetTask(Task[Any, Any]):
@@ -21,15 +53,28 @@ class FleetTask(Task[Any, Any]):
     ``arguments`` names the contract model; each call is validated against it
     before the body runs, so a bad payload fails at once (FAILURE, then the
     queue's DLQ through ``task_acks_on_failure=False``) and is never retried.
+
+    ``result_expires`` is the fleet's per-task result expiry, honoured by the
+    result backend's cleanup. It is not Celery's ``expires``, which is a
+    *message* expiry: a message not started by then is revoked unrun.
     """
 
     #: The pydantic model of the task's arguments (see ``app.contracts``).
     arguments: ClassVar[type[Arguments] | None] = None
+    #: Seconds this task's result rows are kept, instead of the app-wide
+    #: ``RESULT_EXPIRES`` (shorter or longer); None keeps the app-wide rule.
+    result_expires: ClassVar[int | None] = None
     #: Retries are opt-in per task through ``autoretry_for``; these bound them.
     max_retries = 5
     retry_backoff = 2
     retry_backoff_max = 300
     retry_jitter = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Check the options of a task class as Celery registers it (see ``check_options``)."""
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name") or cls.__qualname__
+        check_options(name, cls.rate_limit, cls.result_expires)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Validate the arguments, then run the task body."""

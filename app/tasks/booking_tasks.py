@@ -22,20 +22,41 @@ from app.booking.repository import SqlPaymentRepository
 from app.celery_app import celery_app
 from app.settings import get_settings
 from app.tasks import resources
-from app.tasks.base import FleetTask
+from app.tasks.base import FleetTask, check_options
 from app.tasks.notify import EmailNotifier
 
 #: Errors that may pass: database connection loss, lock and statement timeouts,
 #: deadlocks (all OperationalError), and a provider that is down or slow.
 TRANSIENT = (OperationalError, PaymentProviderUnavailable)
+#: Calendar exports a worker starts at most (Celery's per-worker token bucket):
+#: a full export reads every confirmed booking, so a burst of requests is spread
+#: out instead of hitting the database at once. A waiting export holds one of
+#: its worker's prefetch slots, so the export is routed to the maintenance queue
+#: (``routing.routes.OVERRIDES``), where waiting delays only housekeeping.
+EXPORT_RATE_LIMIT = "10/m"
 notifier = EmailNotifier()
 
 
 def booking_task(
-    name: str, arguments: type[contracts.Arguments]
+    name: str, arguments: type[contracts.Arguments], *, rate_limit: str | None = None
 ) -> Callable[[Callable[..., Any]], Task[Any, Any]]:
-    """Register a booking task: validated arguments, retried on ``TRANSIENT`` errors only."""
-    return celery_app.task(bind=True, base=FleetTask, name=name, arguments=arguments, autoretry_for=TRANSIENT)
+    """Register a booking task: validated arguments, retried on ``TRANSIENT`` errors only.
+
+    Args:
+        name: The task name (a ``contracts`` constant).
+        arguments: The task's argument model.
+        rate_limit: Celery's ``rate_limit`` (``"10/m"``: per worker, per task type),
+            checked here so a bad value fails at import, naming the task.
+    """
+    check_options(name, rate_limit=rate_limit)
+    return celery_app.task(
+        bind=True,
+        base=FleetTask,
+        name=name,
+        arguments=arguments,
+        autoretry_for=TRANSIENT,
+        rate_limit=rate_limit,
+    )
 
 
 @booking_task(contracts.PROCESS_PAYMENT, contracts.ProcessPaymentArgs)
@@ -107,13 +128,14 @@ def notify_booking_import(self: FleetTask, report: contracts.ImportReport) -> st
     )
 
 
-@booking_task(contracts.EXPORT_BOOKING_CALENDARS, contracts.NoArgs)
+@booking_task(contracts.EXPORT_BOOKING_CALENDARS, contracts.NoArgs, rate_limit=EXPORT_RATE_LIMIT)
 def export_booking_calendars(self: FleetTask) -> Any:
     """Export every resource's iCalendar feed (``CALENDAR_EXPORT_DIR``): a group, then a reconciling body.
 
     One ``export_resource_calendar`` per resource runs as a chord whose body,
     ``finish_calendar_export``, takes the feeds written and deletes those of
-    resources that are gone; it replaces this task (same task id).
+    resources that are gone; it replaces this task (same task id). Each worker
+    starts at most ``EXPORT_RATE_LIMIT`` exports; later requests wait their turn.
     """
     feeds = [export_resource_calendar.si(rid) for rid in sync.resource_ids(resources.engine())]
     finish = finish_calendar_export.s()

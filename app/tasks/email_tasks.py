@@ -25,7 +25,7 @@ from app.mail.service import DeliveryBusy
 from app.mail.smtp import SmtpTransientError
 from app.settings import get_settings
 from app.tasks import resources
-from app.tasks.base import FleetTask
+from app.tasks.base import FleetTask, check_options
 
 F = TypeVar("F", bound=Callable[..., str])
 log = logging.getLogger(__name__)
@@ -41,10 +41,24 @@ BUSY_RECHECK = 5.0
 #: attempt's lease: ``DeliveryBusy``; the database refusing the sent mark of an
 #: email that went out: ``SentMarkRefused``) and must not spend the failure budget.
 BUSY_WAITS_HEADER = "email_busy_waits"
+#: Seconds a password reset's result row is kept, instead of ``RESULT_EXPIRES``:
+#: the link it reports on is short-lived. (Not the link's validity, which is the
+#: task's ``expires_minutes``, nor Celery's ``expires``, a message expiry.)
+PASSWORD_RESET_RESULT_EXPIRES = 3600
 
 
-def email_task(name: str, arguments: type[contracts.Arguments]) -> Callable[[F], Any]:
-    """Register an email task with the fleet's retry policy for email."""
+def email_task(
+    name: str, arguments: type[contracts.Arguments], *, result_expires: int | None = None
+) -> Callable[[F], Any]:
+    """Register an email task with the fleet's retry policy for email.
+
+    Args:
+        name: The task name (a ``contracts`` constant).
+        arguments: The task's argument model.
+        result_expires: Seconds its result rows are kept, instead of ``RESULT_EXPIRES``
+            (``FleetTask.result_expires``), checked here so a bad value fails at import.
+    """
+    check_options(name, result_expires=result_expires)
 
     def register(body: F) -> Any:
         @functools.wraps(body)
@@ -70,6 +84,7 @@ def email_task(name: str, arguments: type[contracts.Arguments]) -> Callable[[F],
             name=name,
             arguments=arguments,
             max_retries=get_settings().email_max_retries,
+            result_expires=result_expires,
         )(run)
 
     return register
@@ -217,7 +232,9 @@ def send_booking_expired(
     )
 
 
-@email_task(contracts.SEND_PASSWORD_RESET, contracts.PasswordResetArgs)
+@email_task(
+    contracts.SEND_PASSWORD_RESET, contracts.PasswordResetArgs, result_expires=PASSWORD_RESET_RESULT_EXPIRES
+)
 def send_password_reset(
     self: FleetTask,
     to: str,
@@ -226,7 +243,7 @@ def send_password_reset(
     expires_minutes: int,
     idempotency_key: str | None = None,
 ) -> str:
-    """Send a password reset link."""
+    """Send a password reset link; its result row expires after ``PASSWORD_RESET_RESULT_EXPIRES``."""
     return resources.mail_service().send(
         emails.password_reset(to, name, reset_url, expires_minutes, **keys(self, idempotency_key))
     )

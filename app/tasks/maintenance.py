@@ -67,7 +67,7 @@ def cleanup_old_sessions(self: FleetTask, job: str | None = None, slot: datetime
 
 @periodic_task(contracts.EXPIRE_RESULTS)
 def expire_results(self: FleetTask, job: str | None = None, slot: datetime | None = None) -> str:
-    """Delete result rows older than ``RESULT_EXPIRES``, in indexed batches."""
+    """Delete result rows older than ``RESULT_EXPIRES`` or their task's own ``result_expires``."""
     backend: Any = self.app.backend  # the PostgreSQL backend's cleanup counts what it deleted
     result: str = run_once(self, job, slot, lambda: f"Expired {backend.cleanup()} results")
     return result

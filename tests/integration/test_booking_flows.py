@@ -76,6 +76,12 @@ def workers(start_worker: Callable[..., WorkerProcess], calendar_dir: Path) -> l
     ]
 
 
+@pytest.fixture(scope="module")
+def exporter(start_worker: Callable[..., WorkerProcess], calendar_dir: Path) -> WorkerProcess:
+    """A maintenance worker: the calendar export starts there (it is rate limited)."""
+    return start_worker("maintenance", CALENDAR_EXPORT_DIR=str(calendar_dir))
+
+
 def _emails(broker: Connection, count: int) -> list[Published]:
     wait_until(lambda: queue_depth(broker, names.EMAIL)[0] >= count, 30, f"{count} email tasks")
     return take_messages(broker, names.EMAIL)
@@ -435,7 +441,12 @@ def test_import_file_is_validated_chunked_closed_and_notified(
 
 
 def test_calendar_feeds_and_payment_reconciliation(
-    workers: list[WorkerProcess], database: Any, ledger: Ledger, calendar_dir: Path, tmp_path: Path
+    workers: list[WorkerProcess],
+    exporter: WorkerProcess,
+    database: Any,
+    ledger: Ledger,
+    calendar_dir: Path,
+    tmp_path: Path,
 ) -> None:
     # given two paid bookings
     seeded = seed(database, slots=2)

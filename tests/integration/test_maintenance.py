@@ -14,7 +14,7 @@ from kombu import Connection, Exchange, Producer
 from sqlalchemy import text
 
 from app.celery_app import celery_app
-from app.contracts import CLEANUP_OLD_SESSIONS, REPORT_DEAD_LETTERS
+from app.contracts import CLEANUP_OLD_SESSIONS, REPORT_DEAD_LETTERS, SEND_PASSWORD_RESET
 from app.maintenance import runs as beat_runs
 from app.maintenance.service import cleanup_old_sessions
 from app.tasks.maintenance import cleanup_old_sessions as cleanup_task
@@ -100,15 +100,15 @@ def test_a_duplicate_message_of_a_slot_does_nothing(maintenance_worker: WorkerPr
     )
 
 
-def _results(database: Any, rows: dict[str, str | None]) -> None:
+def _results(database: Any, rows: dict[str, str | None], task_name: str | None = None) -> None:
     with database.begin() as db:
         for task_id, age in rows.items():
             db.execute(
                 text(
-                    "INSERT INTO task_results (task_id, status, date_done) "
-                    "VALUES (:id, 'SUCCESS', now() - CAST(:age AS interval))"
+                    "INSERT INTO task_results (task_id, status, task_name, date_done) "
+                    "VALUES (:id, 'SUCCESS', :name, now() - CAST(:age AS interval))"
                 ),
-                {"id": task_id, "age": age},
+                {"id": task_id, "name": task_name, "age": age},
             )
 
 
@@ -117,6 +117,8 @@ def test_expire_results_run_by_hand_deletes_only_expired_rows(
 ) -> None:
     # given result rows past RESULT_EXPIRES (seven days), fresh ones and a pending one
     _results(database, {"old-1": "8 days", "old-2": "30 days", "fresh": "6 days", "pending": None})
+    # and password resets, whose rows the task keeps an hour (its own result_expires)
+    _results(database, {"reset-old": "2 hours", "reset-fresh": "30 minutes"}, SEND_PASSWORD_RESET)
 
     # when the job is run once by hand
     done = magnetiq("schedule", "run", "expire-results", "--wait", "60")
@@ -124,11 +126,11 @@ def test_expire_results_run_by_hand_deletes_only_expired_rows(
     # then only the expired rows are gone, and the run is recorded as a run by hand
     assert done.returncode == 0, done.stderr
     assert "sent expire-results: app.tasks.maintenance.expire_results[" in done.stdout
-    assert "result: Expired 2 results" in done.stdout
+    assert "result: Expired 3 results" in done.stdout
     with database.connect() as db:
         left = set(db.execute(text("SELECT task_id FROM task_results")).scalars())
-    assert {"fresh", "pending"} <= left
-    assert not {"old-1", "old-2"} & left
+    assert {"fresh", "pending", "reset-fresh"} <= left
+    assert not {"old-1", "old-2", "reset-old"} & left
     [run] = _runs(database)
     assert (run.job, run.status) == ("expire-results", "succeeded")
     assert run.sent_by.endswith(f"@{socket.gethostname()}")

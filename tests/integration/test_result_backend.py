@@ -9,15 +9,17 @@ from typing import Any
 
 import pytest
 from celery import signals, states
+from celery.app.task import Context
 from celery.result import AsyncResult, GroupResult
 from sqlalchemy import text
 
 from app import result_backend
 from app.celery_app import celery_app
+from app.contracts import PROCESS_PAYMENT, SEND_PASSWORD_RESET, SEND_WELCOME_EMAIL
 from app.db import engine_for
 from app.mail.ledger import Claim, SqlDeliveryLedger
 from app.settings import get_settings
-from app.tasks.email_tasks import send_welcome_email
+from app.tasks.email_tasks import PASSWORD_RESET_RESULT_EXPIRES, send_welcome_email
 from tests.integration.sent_mark_refusal import refusing_sent_marks
 
 
@@ -128,6 +130,72 @@ def test_cleanup_deletes_only_expired_rows_in_batches(
     with database.connect() as db:
         left = db.execute(text("SELECT task_id FROM task_results")).scalars().all()
     assert sorted(left) == sorted(ids[25:])
+
+
+def _stored(backend: result_backend.PostgresBackend, database: Any, task_name: str | None, age: float) -> str:
+    """Store a SUCCESS of ``task_name`` (None: a row without a name) and back-date it ``age`` seconds."""
+    task_id = str(uuid.uuid4())
+    request = None if task_name is None else Context(task=task_name)
+    backend.store_result(task_id, "done", states.SUCCESS, request=request)
+    with database.begin() as db:
+        db.execute(
+            text(
+                "UPDATE task_results SET date_done = now() - make_interval(secs => :age) WHERE task_id = :id"
+            ),
+            {"age": age, "id": task_id},
+        )
+    return task_id
+
+
+def _kept(database: Any) -> set[str]:
+    with database.connect() as db:
+        return set(db.execute(text("SELECT task_id FROM task_results")).scalars())
+
+
+def test_cleanup_deletes_a_task_s_rows_after_its_own_shorter_expiry(
+    backend: result_backend.PostgresBackend, database: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given password resets kept an hour (their task's own result_expires) and a global rule of days
+    own = backend.task_expiries()[SEND_PASSWORD_RESET]
+    assert own == PASSWORD_RESET_RESULT_EXPIRES < backend.expires
+    # and three resets older than that hour, one younger, and rows of other tasks and of no
+    # task younger and older than the global rule
+    resets_old = [_stored(backend, database, SEND_PASSWORD_RESET, own + 60) for _ in range(3)]
+    reset_fresh = _stored(backend, database, SEND_PASSWORD_RESET, own - 60)
+    welcome_fresh = _stored(backend, database, SEND_WELCOME_EMAIL, own + 60)
+    welcome_old = _stored(backend, database, SEND_WELCOME_EMAIL, backend.expires + 60)
+    nameless_old = _stored(backend, database, None, backend.expires + 60)
+    monkeypatch.setattr(result_backend, "CLEANUP_BATCH", 2)
+
+    # when cleanup runs
+    deleted = backend.cleanup()
+
+    # then the old resets are gone (in batches) while the welcome email as old stays;
+    # the other rows keep the global rule
+    assert deleted == 5
+    assert _kept(database) == {reset_fresh, welcome_fresh}
+    assert not {*resets_old, welcome_old, nameless_old} & _kept(database)
+
+
+def test_cleanup_keeps_a_task_s_rows_for_its_own_longer_expiry(
+    backend: result_backend.PostgresBackend, database: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given welcome emails whose task keeps its results a day longer than the global rule
+    longer = int(backend.expires) + 86400
+    monkeypatch.setattr(celery_app.tasks[SEND_WELCOME_EMAIL], "result_expires", longer)
+    # and welcome rows past the global rule but not past their own, and past their own;
+    # a payment row past the global rule
+    welcome_kept = _stored(backend, database, SEND_WELCOME_EMAIL, backend.expires + 60)
+    welcome_old = _stored(backend, database, SEND_WELCOME_EMAIL, longer + 60)
+    payment_old = _stored(backend, database, PROCESS_PAYMENT, backend.expires + 60)
+
+    # when cleanup runs
+    deleted = backend.cleanup()
+
+    # then the welcome row the global rule would delete stays; the others are gone
+    assert deleted == 2
+    assert _kept(database) == {welcome_kept}
+    assert not {welcome_old, payment_old} & _kept(database)
 
 
 def test_stores_reuse_pooled_connections(backend: result_backend.PostgresBackend, database: Any) -> None:
