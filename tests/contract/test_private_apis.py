@@ -1,10 +1,12 @@
 """Contract: the private Celery and py-amqp APIs the fleet relies on are still there, and pinned.
 
-Two places reach below the public API, because the bench shows they pay:
-``app/publisher.py`` (``enqueue_many`` hands py-amqp pre-serialised message
-properties and publishes with ``send_method``) and ``workers/consumer.py``
-(the green-pool loop's event drain). An upgrade that changes what they rely on
-must fail here, naming the API, before it fails in production.
+Three places reach below the public API: ``app/publisher.py``
+(``enqueue_many`` hands py-amqp pre-serialised message properties and
+publishes with ``send_method``) and ``workers/consumer.py`` (the green-pool
+loop's event drain), because the bench shows they pay; and
+``routing/redis_transport.py`` (a rejected message moves from kombu's unacked
+hash to its dead-letter list), because kombu's Redis transport would drop it.
+An upgrade that changes what they rely on must fail here, naming the API, before it fails in production.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 from amqp import method_framing
 from amqp.channel import Channel
 from celery.worker import loops
+from kombu.transport import redis
 from packaging.specifiers import SpecifierSet
 
 from tests.support.paths import ROOT
@@ -71,3 +74,15 @@ def test_green_pool_loop_still_drains_events_through_the_module_level_quick_drai
     assert "_quick_drain(" in inspect.getsource(loops.synloop), (
         "celery.worker.loops.synloop no longer calls _quick_drain: workers.consumer's fix does nothing"
     )
+
+
+def test_kombus_redis_qos_still_keeps_unacked_messages_as_the_dead_lettering_reads_them() -> None:
+    # given kombu's Redis QoS, then an unacked message is [payload, exchange, routing_key] in
+    # the unacked hash, removed by _remove_from_indices(tag, pipe), as restore_by_tag shows
+    parameters = list(inspect.signature(redis.QoS._remove_from_indices).parameters)
+    assert parameters == ["self", "delivery_tag", "pipe"]
+    source = inspect.getsource(redis.QoS.restore_by_tag)
+    assert "M, EX, RK = loads(" in source and "self.unacked_key" in source, (
+        "kombu's Redis QoS changed how it stores unacked messages: routing.redis_transport reads them"
+    )
+    assert hasattr(redis.Channel, "conn_or_acquire"), "kombu's Redis Channel.conn_or_acquire is gone"

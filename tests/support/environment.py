@@ -16,6 +16,8 @@ from tests.support.payment_provider import shared_provider
 #: The tests' own RabbitMQ vhost (created by `make services`) and database.
 TEST_BROKER_URL = os.environ.get("TEST_CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/magnetiq_test")
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/magnetiq_test")
+#: A Redis database of the tests' own, for the cases that run the fleet on a Redis broker (flushed).
+TEST_REDIS_BROKER_URL = os.environ.get("TEST_REDIS_BROKER_URL", "redis://127.0.0.1:6379/12")
 
 
 def use_test_services() -> None:

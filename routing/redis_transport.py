@@ -1,0 +1,114 @@
+"""kombu's Redis transport, except that a rejected message goes to its queue's dead-letter list.
+
+kombu's Redis transport drops a message rejected without requeue: it removes
+it from the unacked hash and acks it. RabbitMQ would route it through the
+queue's dead-letter exchange instead, and the fleet relies on that for every
+message it gives up on: a failed task (``task_acks_on_failure=False``), a task
+killed by its time limit, an undecodable or oversized body, an unknown task
+name. Here the rejection moves the message to ``<queue>.dlq`` (the list kombu
+reads as that queue) with RabbitMQ's ``x-death`` headers, in one Redis
+transaction with its removal from the unacked hash: it is in exactly one place.
+
+Select it with a ``redis://``, ``rediss://`` or ``sentinel://`` broker URL;
+``app.celery_app`` names the class as Celery's ``broker_transport``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from kombu.transport import redis, virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+
+from routing import names
+
+log = logging.getLogger(__name__)
+#: Headers RabbitMQ sets on a message it dead-letters, set here the same way.
+FIRST_DEATH = ("x-first-death-reason", "x-first-death-queue", "x-first-death-exchange")
+
+
+def queue_of(routing_key: str) -> str:
+    """The work queue a message was routed to: the first word of its routing key.
+
+    The fleet's routing keys are ``<queue>.<task>`` and its bindings
+    ``<queue>.#``; a key published straight to a queue is that queue's name.
+    """
+    return routing_key.split(".", 1)[0]
+
+
+def dead_lettered(payload: dict[str, Any], exchange: str, routing_key: str, reason: str) -> dict[str, Any]:
+    """The message as RabbitMQ dead-letters it: ``x-death`` (latest first) and ``x-first-death-*``."""
+    headers = payload.setdefault("headers", {})
+    queue = queue_of(routing_key)
+    deaths = [d for d in headers.get("x-death") or () if isinstance(d, dict)]
+    same = next((d for d in deaths if d.get("queue") == queue and d.get("reason") == reason), None)
+    if same is not None:
+        deaths.remove(same)
+    entry = {
+        "count": int(same["count"]) + 1 if same is not None else 1,
+        "reason": reason,
+        "queue": queue,
+        "time": int(time.time()),
+        "exchange": exchange,
+        "routing-keys": [routing_key],
+    }
+    headers["x-death"] = [entry, *deaths]
+    for header, value in zip(FIRST_DEATH, (reason, queue, exchange), strict=True):
+        headers.setdefault(header, value)
+    headers["x-last-death-reason"], headers["x-last-death-queue"] = reason, queue
+    return payload
+
+
+class QoS(redis.QoS):
+    """Acks as kombu does; a reject without requeue dead-letters instead of dropping."""
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        """Requeue as kombu does, or move the message to its queue's dead-letter list."""
+        if requeue:
+            super().reject(delivery_tag, requeue=True)
+            return
+        self.dead_letter(delivery_tag, "rejected")
+        virtual.QoS.ack(self, delivery_tag)
+
+    def dead_letter(self, delivery_tag: str, reason: str) -> None:
+        """Move one unacked message to ``<queue>.dlq`` atomically (WATCH/MULTI on the unacked hash)."""
+
+        def move(pipe: Any) -> None:
+            stored = pipe.hget(self.unacked_key, delivery_tag)
+            pipe.multi()
+            self._remove_from_indices(delivery_tag, pipe)  # type: ignore[attr-defined]  # kombu's, pinned
+            if stored:
+                payload, exchange, routing_key = loads(bytes_to_str(stored))
+                target = names.dlq(queue_of(routing_key))
+                pipe.lpush(target, dumps(dead_lettered(payload, exchange, routing_key, reason)))
+                log.warning("dead-lettered message %s to %s (%s)", delivery_tag, target, reason)
+
+        with self.channel.conn_or_acquire() as client:  # type: ignore[attr-defined]
+            client.transaction(move, self.unacked_key)
+
+
+class Channel(redis.Channel):
+    """kombu's Redis channel with the dead-lettering ``QoS``."""
+
+    QoS = QoS
+
+
+class Transport(redis.Transport):
+    """kombu's Redis transport (``redis://``, ``rediss://``) with the dead-lettering channel."""
+
+    Channel = Channel
+
+
+class SentinelChannel(redis.SentinelChannel):
+    """kombu's Sentinel channel with the dead-lettering ``QoS``."""
+
+    QoS = QoS
+
+
+class SentinelTransport(redis.SentinelTransport):
+    """kombu's Sentinel transport (``sentinel://``) with the dead-lettering channel."""
+
+    Channel = SentinelChannel

@@ -1,0 +1,97 @@
+"""The fleet on a Redis broker: kombu's Redis transport, except that nothing rejected is dropped."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu.utils.json import loads
+
+from routing import TASK_QUEUES, declare_topology, names
+from routing.redis_transport import Transport
+from tests.support.environment import TEST_REDIS_BROKER_URL, unavailable
+
+
+@pytest.fixture
+def redis_db() -> Iterator[redis.Redis]:
+    """The tests' own Redis database, empty."""
+    client = redis.Redis.from_url(TEST_REDIS_BROKER_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        unavailable(f"Redis unreachable at {TEST_REDIS_BROKER_URL} ({exc}); start redis-server")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def connection(redis_db: redis.Redis) -> Iterator[Connection]:
+    """A kombu connection through the fleet's Redis transport, with the topology declared."""
+    with Connection(TEST_REDIS_BROKER_URL, transport=Transport) as conn:
+        declare_topology(conn)
+        yield conn
+
+
+def _deliver_one(connection: Connection, queue: Queue) -> Any:
+    """Consume one message from ``queue`` without acking it."""
+    got: list[Any] = []
+    with Consumer(connection, [queue], callbacks=[lambda _body, message: got.append(message)]):
+        connection.drain_events(timeout=5)
+    (message,) = got
+    return message
+
+
+def test_a_rejected_message_moves_to_its_dead_letter_list_with_rabbitmqs_headers(
+    connection: Connection, redis_db: redis.Redis
+) -> None:
+    # given a task message published to the tasks exchange and delivered to a consumer
+    booking = next(q for q in TASK_QUEUES if q.name == names.BOOKING)
+    with Producer(connection) as producer:
+        producer.publish(
+            {"id": 1},
+            exchange=Exchange(names.TASKS_EXCHANGE, type="topic"),
+            routing_key=names.routing_key(names.BOOKING, "process_payment"),
+            headers={"task": "app.tasks.booking_tasks.process_payment"},
+        )
+    message = _deliver_one(connection, booking)
+
+    # when the consumer rejects it without requeue (a failed task, an undecodable body)
+    message.reject(requeue=False)
+
+    # then it is in booking.dlq, once, with x-death as RabbitMQ writes it, and nowhere else
+    assert redis_db.llen(names.BOOKING) == 0
+    assert redis_db.hlen("unacked") == 0
+    (stored,) = redis_db.lrange(names.dlq(names.BOOKING), 0, -1)
+    dead = loads(stored)
+    assert loads(base64.b64decode(dead["body"])) == {"id": 1}  # the body as published
+    (death,) = dead["headers"]["x-death"]
+    assert death["reason"] == "rejected"
+    assert death["queue"] == names.BOOKING
+    assert death["routing-keys"] == ["booking.process_payment"]
+    assert dead["headers"]["x-first-death-reason"] == "rejected"
+    assert dead["headers"]["task"] == "app.tasks.booking_tasks.process_payment"
+
+
+def test_a_message_requeued_goes_back_to_its_queue_not_to_the_dead_letters(
+    connection: Connection, redis_db: redis.Redis
+) -> None:
+    # given a delivered message
+    email = next(q for q in TASK_QUEUES if q.name == names.EMAIL)
+    with Producer(connection) as producer:
+        producer.publish(
+            {"id": 2},
+            exchange=Exchange(names.TASKS_EXCHANGE, type="topic"),
+            routing_key=names.routing_key(names.EMAIL, "send_welcome_email"),
+        )
+    message = _deliver_one(connection, email)
+
+    # when it is rejected with requeue, then it is back in its queue and the DLQ is empty
+    message.reject(requeue=True)
+    assert redis_db.llen(names.EMAIL) == 1
+    assert redis_db.llen(names.dlq(names.EMAIL)) == 0
