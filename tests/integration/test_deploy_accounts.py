@@ -28,6 +28,7 @@ from tests.support.environment import unavailable
 from tests.support.paths import ROOT
 from tests.support.ports import free_port
 from tests.support.servers import RABBITMQ_BIN, RabbitNode
+from tests.support.waiting import wait_until
 
 #: What replaces each REPLACE_ME, as an operator would.
 K8S_PASSWORD = "Zr7-real-Secret"
@@ -69,7 +70,12 @@ def the_roles_do_their_jobs(producer: str, worker: str, monitoring: str) -> None
     with Connection(producer, connect_timeout=5) as connection, connection.Producer() as publisher:
         send(contracts.PROCESS_PAYMENT, {"payment_id": 7}, task_id="deploy-accounts-1", producer=publisher)
     with Connection(monitoring, connect_timeout=5) as connection, connection.channel() as channel:
-        assert channel.queue_declare(names.BOOKING, passive=True)[1] == 1  # what KEDA's AMQP scaler reads
+        # what KEDA's AMQP scaler reads; a quorum queue reports a confirmed message moments later
+        def depth() -> int:
+            return int(channel.queue_declare(names.BOOKING, passive=True)[1])
+
+        wait_until(lambda: depth() >= 1, 10, "the booking queue to report the message")
+        assert depth() == 1
     with Connection(worker, connect_timeout=5) as connection, connection.channel() as channel:
         message = channel.basic_get(names.BOOKING)
         assert message is not None and message.headers["id"] == "deploy-accounts-1"
