@@ -10,6 +10,12 @@ from celery import Celery, signals
 from app.settings import Settings, get_settings
 from routing import TASK_QUEUES, names, route_task
 
+#: The Redis transports (``routing.redis_transport``), by URL scheme.
+REDIS_TRANSPORTS = {
+    "redis": "routing.redis_transport:Transport",
+    "rediss": "routing.redis_transport:Transport",
+    "sentinel": "routing.redis_transport:SentinelTransport",
+}
 #: Task modules, imported by workers only: producers publish by name.
 TASK_MODULES = (
     "app.tasks.email_tasks",
@@ -22,10 +28,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Return every Celery option the fleet sets, one key per line."""
     return {
         "broker_url": settings.celery_broker_url,
+        # Redis: kombu's transport, except that a rejected message is dead-lettered.
+        "broker_transport": REDIS_TRANSPORTS.get(settings.celery_broker_url.split("://", 1)[0]),
         # confirm_publish: apply_async returns only after the broker took the
-        # message; without it tasks were lost (celery#9149).
-        "broker_transport_options": {"confirm_publish": True},
-        # amqps:// only: verify the broker's certificate chain and host name.
+        # message; without it tasks were lost (celery#9149). Redis answers every
+        # write; workers add its visibility timeout (workers.entry).
+        "broker_transport_options": {"confirm_publish": True} if settings.broker == "amqp" else {},
+        # amqps:// and rediss://: verify the broker's certificate chain and host name.
         "broker_use_ssl": settings.broker_ssl or False,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 5,  # default 4; bounded either way

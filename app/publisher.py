@@ -31,6 +31,7 @@ from kombu.utils.uuid import uuid
 
 from app import contracts
 from app.celery_app import celery_app
+from app.settings import get_settings
 
 #: AMQP delivery mode of a message the broker keeps on disk.
 PERSISTENT = 2
@@ -368,6 +369,9 @@ def _publish(
     group_id: str | None,
 ) -> None:
     """Publish on a fresh connection without kombu's one-at-a-time confirms."""
+    if get_settings().broker == "redis":
+        _publish_redis(task_name, jobs, tracker, timeout, group_id)
+        return
     connection = celery_app.connection_for_write(
         transport_options={"confirm_publish": False, "read_timeout": timeout, "write_timeout": timeout}
     )
@@ -427,3 +431,38 @@ def enqueue_many(
         _publish(task_name, jobs, ConfirmTracker(task_ids), window, timeout, group_id)
     result_cls, backend = celery_app.AsyncResult, celery_app.backend
     return [result_cls(task_id, backend=backend) for task_id in task_ids]
+
+
+def _publish_redis(
+    task_name: str, jobs: list[_Job], tracker: ConfirmTracker, timeout: float, group_id: str | None
+) -> None:
+    """Publish through Celery on a Redis broker, one write each: Redis answers every one.
+
+    Redis has no publisher confirms and no ``mandatory`` flag: the reply to the
+    write is the confirmation, and the fleet's Redis transport raises
+    ``Unroutable`` where no queue is bound. Publishing stops at the first failure.
+    """
+    reason = None
+    with celery_app.producer_or_acquire() as producer:
+        for index, (task_id, kwargs, to) in enumerate(jobs):
+            try:
+                celery_app.send_task(
+                    task_name,
+                    kwargs=kwargs,
+                    task_id=task_id,
+                    producer=producer,
+                    exchange=to.exchange,
+                    routing_key=to.routing_key,
+                    declare=[],
+                    group_id=group_id,
+                    group_index=index if group_id is not None else None,
+                    timeout=timeout,
+                    retry=False,
+                )
+            except (KombuError, OSError) as exc:
+                reason = f"publishing failed: {exc!r}"
+                break
+            tracker.published += 1
+            tracker.on_ack(tracker.published, False)
+    if reason is not None:
+        raise PublishError(task_name, reason, tracker)

@@ -29,6 +29,30 @@ PLACEHOLDER_SECRETS = frozenset(
 )
 
 
+#: The brokers the fleet runs on.
+BrokerKind = Literal["amqp", "redis"]
+#: Broker URL schemes, by broker (kombu's spellings).
+BROKER_SCHEMES: dict[str, BrokerKind] = {
+    "amqp": "amqp",
+    "amqps": "amqp",
+    "pyamqp": "amqp",
+    "redis": "redis",
+    "rediss": "redis",
+    "sentinel": "redis",
+}
+#: Broker URL prefixes that speak TLS.
+TLS_SCHEMES = ("amqps://", "rediss://")
+
+
+def broker_kind(url: str) -> BrokerKind | None:
+    """The broker a URL names, or None for a scheme the fleet does not run on.
+
+    A kombu failover list (``;``-separated) names one broker: its first URL's.
+    """
+    scheme, sep, _ = url.split(";", 1)[0].strip().partition("://")
+    return BROKER_SCHEMES.get(scheme) if sep else None
+
+
 def mask_url(url: str) -> str:
     """Return ``url`` with its password replaced by ``***``, for logs and errors."""
     parts = urlsplit(url)
@@ -65,10 +89,12 @@ class Settings(BaseSettings):
     #: ``dev`` allows placeholder secrets; ``prod`` refuses them.
     magnetiq_env: Literal["dev", "test", "prod"] = "dev"
 
+    #: RabbitMQ (``amqp://``, ``amqps://``: recommended) or Redis (``redis://``,
+    #: ``rediss://``, ``sentinel://`` as kombu spells them; see ``broker_kind``).
     celery_broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
-    #: With an ``amqps://`` broker: the CA bundle (PEM) the broker's certificate must chain
-    #: to (unset: the system store or ``SSL_CERT_FILE``), and an optional client
-    #: certificate and key (PEM) for brokers that ask for one.
+    #: With an ``amqps://`` or ``rediss://`` broker: the CA bundle (PEM) the broker's
+    #: certificate must chain to (unset: the system store or ``SSL_CERT_FILE``), and
+    #: an optional client certificate and key (PEM) for brokers that ask for one.
     broker_tls_ca_file: str | None = None
     broker_tls_cert_file: str | None = None
     broker_tls_key_file: str | None = None
@@ -138,6 +164,10 @@ class Settings(BaseSettings):
     #: queue (Celery's ``result_extended``), arguments a contract marks secret
     #: redacted. Off by default: arguments may carry personal data.
     result_extended: bool = False
+    #: On a Redis broker: the furthest ahead a task may be delayed (``countdown``/``eta``,
+    #: seconds). A worker holds a delayed task unacked until it runs, so the broker's
+    #: visibility timeout must outlast it (``workers.profiles.redis_visibility_timeout``).
+    redis_eta_horizon: int = Field(default=3600, gt=0)
     #: Seconds a soft time limit gives a prefork task before it must stop.
     task_soft_time_limit: int = Field(default=120, gt=0)
     #: Seconds after which a prefork task's process is killed.
@@ -153,9 +183,12 @@ class Settings(BaseSettings):
 
     @field_validator("celery_broker_url")
     @classmethod
-    def _amqp_only(cls, value: str) -> str:
-        if not value.startswith(("amqp://", "amqps://", "pyamqp://")):
-            raise ValueError(f"CELERY_BROKER_URL must be amqp:// or amqps://, got {mask_url(value)!r}")
+    def _known_broker(cls, value: str) -> str:
+        if broker_kind(value) is None:
+            raise ValueError(
+                "CELERY_BROKER_URL must be amqp://, amqps://, redis://, rediss:// or sentinel://, "
+                f"got {mask_url(value)!r}"
+            )
         return value
 
     @field_validator("database_url", "celery_result_backend")
@@ -166,8 +199,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _limits_and_secrets(self) -> Settings:
         tls_files = (self.broker_tls_ca_file, self.broker_tls_cert_file, self.broker_tls_key_file)
-        if any(tls_files) and not self.celery_broker_url.startswith("amqps://"):
-            raise ValueError("BROKER_TLS_* need an amqps:// CELERY_BROKER_URL")
+        if any(tls_files) and not self.celery_broker_url.startswith(TLS_SCHEMES):
+            raise ValueError("BROKER_TLS_* need an amqps:// or rediss:// CELERY_BROKER_URL")
         if bool(self.broker_tls_cert_file) != bool(self.broker_tls_key_file):
             raise ValueError("set both BROKER_TLS_CERT_FILE and BROKER_TLS_KEY_FILE, or neither")
         if self.task_soft_time_limit >= self.task_time_limit:
@@ -210,6 +243,8 @@ class Settings(BaseSettings):
         hostname check on (py-amqp checks only the chain without it). A new dict
         each call, since kombu writes the host into it.
         """
+        if self.celery_broker_url.startswith("rediss://"):
+            return self._redis_ssl()
         if not self.celery_broker_url.startswith("amqps://"):
             return None
         options: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": None}
@@ -219,6 +254,23 @@ class Settings(BaseSettings):
             options["certfile"] = self.broker_tls_cert_file
             options["keyfile"] = self.broker_tls_key_file
         return options
+
+    def _redis_ssl(self) -> dict[str, Any]:
+        # redis-py's names for the same options; the host name is checked too.
+        options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_check_hostname": True}
+        if self.broker_tls_ca_file:
+            options["ssl_ca_certs"] = self.broker_tls_ca_file
+        if self.broker_tls_cert_file:
+            options["ssl_certfile"] = self.broker_tls_cert_file
+            options["ssl_keyfile"] = self.broker_tls_key_file
+        return options
+
+    @property
+    def broker(self) -> BrokerKind:
+        """Which broker ``CELERY_BROKER_URL`` names: ``amqp`` (RabbitMQ) or ``redis``."""
+        kind = broker_kind(self.celery_broker_url)
+        assert kind is not None  # the validator refused anything else
+        return kind
 
     @property
     def signing(self) -> bool:

@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Any
 
+from kombu.exceptions import ChannelError
 from kombu.transport import redis, virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
@@ -26,6 +27,8 @@ from kombu.utils.json import dumps, loads
 from routing import names
 
 log = logging.getLogger(__name__)
+#: The fleet's exchanges, all topic exchanges (``routing.topology``).
+TOPIC_EXCHANGES = dict.fromkeys((names.TASKS_EXCHANGE, names.DLX_EXCHANGE), "topic")
 #: Headers RabbitMQ sets on a message it dead-letters, set here the same way.
 FIRST_DEATH = ("x-first-death-reason", "x-first-death-queue", "x-first-death-exchange")
 
@@ -90,8 +93,47 @@ class QoS(redis.QoS):
             client.transaction(move, self.unacked_key)
 
 
-class Channel(redis.Channel):
-    """kombu's Redis channel with the dead-lettering ``QoS``."""
+class Unroutable(ChannelError):
+    """No queue is bound for a task's routing key: kombu's Redis transport would drop it silently."""
+
+
+class FleetRouting:
+    """Routing on the fleet's exchanges as RabbitMQ does it, for kombu's in-process exchanges.
+
+    On Redis an exchange's type lives in each process's memory, set when that
+    process declares it. A producer declares nothing (workers and ``magnetiq
+    topology apply`` do), so kombu would route the fleet's topic exchanges as
+    direct ones and match no binding. And a message no binding matches is
+    dropped without a word, where RabbitMQ returns a ``mandatory`` one: here
+    publishing it raises ``Unroutable``.
+    """
+
+    _publishing = False
+
+    def typeof(self, exchange: str, default: str = "direct") -> Any:
+        """The exchange's type: declared in this process, else the fleet's, else ``default``."""
+        return super().typeof(exchange, default=TOPIC_EXCHANGES.get(exchange, default))  # type: ignore[misc]
+
+    def basic_publish(self, message: Any, exchange: str, routing_key: str, **kwargs: Any) -> Any:
+        """Publish as kombu does; raise ``Unroutable`` where no queue takes a fleet message."""
+        self._publishing = True
+        try:
+            return super().basic_publish(message, exchange, routing_key, **kwargs)  # type: ignore[misc]
+        finally:
+            self._publishing = False
+
+    def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> Any:
+        queues = super()._lookup(exchange, routing_key, default)  # type: ignore[misc]
+        if not queues and self._publishing and exchange in TOPIC_EXCHANGES:
+            raise Unroutable(
+                f"no queue is bound for routing key {routing_key!r} on {exchange} "
+                "(run `magnetiq topology apply`)"
+            )
+        return queues
+
+
+class Channel(FleetRouting, redis.Channel):
+    """kombu's Redis channel with the fleet's routing and the dead-lettering ``QoS``."""
 
     QoS = QoS
 
@@ -102,8 +144,8 @@ class Transport(redis.Transport):
     Channel = Channel
 
 
-class SentinelChannel(redis.SentinelChannel):
-    """kombu's Sentinel channel with the dead-lettering ``QoS``."""
+class SentinelChannel(FleetRouting, redis.SentinelChannel):
+    """kombu's Sentinel channel with the fleet's routing and the dead-lettering ``QoS``."""
 
     QoS = QoS
 

@@ -8,14 +8,28 @@ from __future__ import annotations
 
 from app.celery_app import celery_app
 from app.settings import get_settings
-from workers import metrics
+from workers import metrics, profiles
 from workers.health import Heartbeat, Readiness
 from workers.signals import DeclareTopology, green_psycopg
 
+#: Seconds between a Redis worker's sweeps for messages a dead worker left unacked.
+REDIS_RESTORE_SECONDS = 10
+
 green_psycopg()
+settings = get_settings()
+if settings.broker == "redis":
+    # Redelivery of what a dead worker held: after the visibility timeout, found
+    # by a sweep every 10 s (kombu's default sweeps every 10th tick: 100 s).
+    celery_app.conf.broker_transport_options.update(
+        visibility_timeout=profiles.redis_visibility_timeout(
+            settings.task_time_limit, settings.redis_eta_horizon
+        ),
+        unacked_restore_interval=REDIS_RESTORE_SECONDS,
+        unacked_restore_throttle=1,
+    )
 celery_app.steps["consumer"].add(DeclareTopology)
 celery_app.steps["consumer"].add(Readiness)
 celery_app.steps["worker"].add(Heartbeat)
-metrics.install(get_settings())
+metrics.install(settings)
 
 __all__ = ["celery_app"]

@@ -270,11 +270,12 @@ class BrokerCollector:
             return self._families(self._read())
 
     @staticmethod
-    def _families(depths: dict[str, tuple[int, int]]) -> list[Metric]:
+    def _families(depths: dict[str, tuple[int, int | None]]) -> list[Metric]:
         length, dlq, consumers = (GaugeMetricFamily(*about, labels=["queue_name"]) for about in QUEUE_GAUGES)
         for queue, (ready, count) in depths.items():
             (length if queue in WORK_QUEUES else dlq).add_metric([queue], ready)
-            consumers.add_metric([queue], count)
+            if count is not None:
+                consumers.add_metric([queue], count)
         return [length, dlq, consumers]
 
     def _close(self) -> None:
@@ -282,7 +283,7 @@ class BrokerCollector:
         if connection is not None:
             connection.release()
 
-    def _read(self) -> dict[str, tuple[int, int]]:
+    def _read(self) -> dict[str, tuple[int, int | None]]:
         try:
             depths = self._declare_each(self._connect())
         except Exception as exc:  # whatever the broker does, /metrics must answer
@@ -306,9 +307,15 @@ class BrokerCollector:
             self._connection = connection
         return self._connection
 
-    def _declare_each(self, connection: Connection) -> dict[str, tuple[int, int]]:
-        depths: dict[str, tuple[int, int]] = {}
-        for queue in (*names.WORK_QUEUES, *map(names.dlq, names.WORK_QUEUES)):
+    def _declare_each(self, connection: Connection) -> dict[str, tuple[int, int | None]]:
+        depths: dict[str, tuple[int, int | None]] = {}
+        queues = (*names.WORK_QUEUES, *map(names.dlq, names.WORK_QUEUES))
+        if connection.transport.driver_type == "redis":
+            # A Redis queue is a list (the fleet publishes no priorities, so one list
+            # each), empty when it does not exist; Redis knows no consumer count.
+            client = connection.default_channel.client  # type: ignore[attr-defined]
+            return {queue: (int(client.llen(queue)), None) for queue in queues}
+        for queue in queues:
             try:
                 with connection.channel() as channel:
                     _, ready, consumers = channel.queue_declare(queue, passive=True)  # type: ignore[attr-defined]

@@ -82,3 +82,16 @@ MAINTENANCE = WorkerProfile(
 
 #: Every profile by name.
 PROFILES: dict[str, WorkerProfile] = {p.name: p for p in (EMAIL, BOOKING, MAINTENANCE)}
+
+
+def redis_visibility_timeout(time_limit: int, eta_horizon: int) -> int:
+    """Seconds a Redis broker waits before it redelivers a message a worker took and never acked.
+
+    It must outlast the longest a message can rightly stay unacked: waiting in a
+    worker's prefetch behind ``prefetch_multiplier`` others per process, each up to
+    the hard ``time_limit``, then running to that limit itself, or held for its
+    countdown or eta (up to ``eta_horizon``). Shorter delivers it twice; longer
+    brings a killed worker's messages back that much later.
+    """
+    waits = max(profile.prefetch_multiplier for profile in PROFILES.values())
+    return (waits + 1) * time_limit + eta_horizon

@@ -150,25 +150,43 @@ class DeadLetterQueue:
 def message_time(headers: Mapping[str, Any] | None) -> float | None:
     """Return the epoch seconds a dead-lettered message's age counts from.
 
-    The earliest ``x-death`` time (when RabbitMQ first dead-lettered it), else
+    The earliest ``x-death`` time (when the broker first dead-lettered it), else
     the ``sent_at`` stamp producers put on every task message.
     """
     headers = headers or {}
     deaths = [entry.get("time") for entry in headers.get("x-death") or () if isinstance(entry, Mapping)]
-    stamps = [death.timestamp() for death in deaths if isinstance(death, datetime)]
+    # RabbitMQ's are timestamps (datetimes here); the Redis transport's, epoch seconds.
+    stamps = [stamp for stamp in map(_epoch, deaths) if stamp is not None]
     if stamps:
         return min(stamps)
     sent_at = headers.get("sent_at")
     return float(sent_at) if isinstance(sent_at, int | float) else None
 
 
+def _epoch(value: object) -> float | None:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
 def inspect_queue(connection: Connection, queue: str, now: float | None = None) -> DeadLetterQueue:
-    """Count a queue's messages and age its head message, leaving it in place (``peek``)."""
-    with connection.channel() as channel:
-        _, ready, _ = channel.queue_declare(queue, passive=True)  # type: ignore[attr-defined]
+    """Count a queue's messages and age its head message, leaving it in place (``peek``).
+
+    On a Redis broker the queue is a list (oldest at its right end, where kombu
+    pops), read with ``LLEN`` and ``LINDEX``.
+    """
+    if connection.transport.driver_type == "redis":
+        client = connection.default_channel.client  # type: ignore[attr-defined]
+        ready, oldest = client.llen(queue), client.lindex(queue, -1)
+        stamp = message_time(json.loads(oldest).get("headers")) if oldest else None
+    else:
+        with connection.channel() as channel:
+            _, ready, _ = channel.queue_declare(queue, passive=True)  # type: ignore[attr-defined]
+        head = peek(connection, queue, limit=1) if ready else []
+        stamp = message_time(head[0].headers) if head else None
     age = None
-    head = peek(connection, queue, limit=1) if ready else []
-    stamp = message_time(head[0].headers) if head else None
     if stamp is not None:
         age = max(0.0, (time.time() if now is None else now) - stamp)
     return DeadLetterQueue(queue, int(ready), age)

@@ -24,6 +24,7 @@ from kombu import Producer
 from app import contracts
 from app.celery_app import celery_app
 from app.publisher import PublishError, enqueue_many
+from app.settings import get_settings
 from routing.names import MAX_DELAY_SECONDS
 
 __all__ = [
@@ -95,7 +96,26 @@ def delay_seconds(countdown: float | None = None, eta: datetime | None = None) -
         return None
     if seconds > MAX_DELAY_SECONDS:
         raise ValueError(f"a delay of {seconds:.0f}s exceeds native delayed delivery's {MAX_DELAY_SECONDS}s")
+    check_horizon(seconds)
     return math.ceil(seconds) if seconds > 0 else None
+
+
+def check_horizon(seconds: float) -> None:
+    """On a Redis broker, refuse a delay beyond ``REDIS_ETA_HORIZON``.
+
+    A worker holds a delayed task unacked until it runs; held longer than the
+    broker's visibility timeout (which covers the horizon), Redis would hand it
+    to a second worker and it would run twice.
+
+    Raises:
+        ValueError: the broker is Redis and ``seconds`` exceeds the horizon.
+    """
+    settings = get_settings()
+    if settings.broker == "redis" and seconds > settings.redis_eta_horizon:
+        raise ValueError(
+            f"a delay of {seconds:.0f}s exceeds REDIS_ETA_HORIZON ({settings.redis_eta_horizon}s) "
+            "on a Redis broker: it would be delivered twice; raise the horizon or schedule it later"
+        )
 
 
 def publish(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from celery import Signature, Task
@@ -12,6 +13,7 @@ from celery.utils.time import rate
 from kombu import Producer
 
 from app.contracts import Arguments, InvalidTaskArguments, validate_arguments
+from app.producer import delay_seconds
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,8 @@ class FleetTask(Task[Any, Any]):
         """
         if self.arguments is not None:
             self._validated(tuple(args or ()), dict(kwargs or {}))
+        if options.get("countdown") is not None or options.get("eta") is not None:
+            delay_seconds(options.get("countdown"), _aware(options.get("eta")))
         return super().apply_async(args, kwargs, task_id, producer, link, link_error, shadow, **options)
 
     def _validated(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -137,3 +141,12 @@ class FleetTask(Task[Any, Any]):
             exc,
             extra={"task_name": self.name, "task_id": task_id},
         )
+
+
+def _aware(eta: Any) -> Any:
+    # Celery takes a naive eta as UTC (enable_utc), and an ISO string too.
+    if isinstance(eta, str):
+        eta = datetime.fromisoformat(eta)
+    if isinstance(eta, datetime) and eta.utcoffset() is None:
+        eta = eta.replace(tzinfo=UTC)
+    return eta

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from kombu import Connection
 from sqlalchemy import text
 
@@ -16,7 +17,7 @@ from app.schema import metadata
 from app.settings import get_settings, mask_url
 from routing import declare_topology, names
 from tests.support.broker import purge_all, queue_depth
-from tests.support.environment import TEST_BROKER_URL, unavailable, worker_env
+from tests.support.environment import TEST_BROKER_URL, TEST_REDIS_BROKER_URL, unavailable, worker_env
 from tests.support.payment_provider import Ledger, shared_provider, stop_shared_provider
 from tests.support.smtp_server import ScriptedHandler, ScriptedSmtp, SmtpSink
 from tests.support.waiting import wait_until
@@ -146,3 +147,17 @@ def smtp(smtp_server: ScriptedSmtp) -> ScriptedHandler:
     """The module's server, reset: accepts everything, no delay."""
     smtp_server.handler.reset()
     return smtp_server.handler
+
+
+@pytest.fixture(scope="module")
+def redis_db() -> Iterator[redis.Redis]:
+    """The tests' own Redis database (``TEST_REDIS_BROKER_URL``), emptied before and after the module."""
+    client = redis.Redis.from_url(TEST_REDIS_BROKER_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        unavailable(f"Redis unreachable at {TEST_REDIS_BROKER_URL} ({exc}); start redis-server")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()

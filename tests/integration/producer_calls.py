@@ -20,6 +20,14 @@ from app.celery_app import celery_app
 from app.contracts import SEND_WELCOME_EMAIL
 from app.tasks.email_tasks import send_welcome_email
 
+#: Every welcome email the producer calls ask for (chain, group and chord tasks included).
+RECIPIENTS = {
+    f"{user}@example.com"
+    for user in (
+        "ana", "cd", "eta", "st", "chain1", "chain2", "group1", "group2",
+        "chord1", "chord2", "chordbody", "enq", "enqcd", "enqeta", "many1", "many2", "grouped1", "grouped2",
+    )
+}  # fmt: skip
 #: Seconds every delayed call waits (native delayed delivery counts whole seconds).
 DELAY = 2
 
@@ -59,6 +67,20 @@ def calls(later: datetime) -> dict[str, Callable[[], list[str]]]:
 def many(user: str, count: int) -> list[dict[str, str]]:
     """Welcome-email keyword arguments for ``<user>1@example.com`` .. ``<user><count>@example.com``."""
     return [{"user_email": f"{user}{i}@example.com", "user_name": user.title()} for i in range(1, count + 1)]
+
+
+def assert_every_call_ran(published: dict[str, Any], sink: Any) -> None:
+    """Each call was taken, each task succeeded (a delayed one no earlier than asked), each email sent."""
+    assert {name: call["error"] for name, call in published.items() if "error" in call} == {}
+    for name, call in published.items():
+        for task_id in call["ids"]:
+            result = celery_app.AsyncResult(task_id)
+            result.get(timeout=60)
+            assert result.status == "SUCCESS", (name, result.status)
+            if call["not_before"]:
+                done = result.date_done if result.date_done.tzinfo else result.date_done.replace(tzinfo=UTC)
+                assert done >= datetime.fromisoformat(call["not_before"]), name
+    assert {message["To"] for message in sink.wait_for(len(RECIPIENTS))} == RECIPIENTS
 
 
 def main() -> None:

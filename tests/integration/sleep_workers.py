@@ -25,7 +25,8 @@ from tests.support.waiting import wait_until
 class SleepWorker:
     """``python -m workers booking --concurrency 1`` with the sleep tasks loaded."""
 
-    def __init__(self, name: str, tmp_path: Path) -> None:
+    def __init__(self, name: str, tmp_path: Path, **env: str) -> None:
+        """Start it; ``env`` overrides the tests' worker environment (another broker, shorter limits)."""
         self.node = f"{name}@%h"
         self.log_path = tmp_path / f"{name}.log"
         self._log = self.log_path.open("wb")
@@ -42,7 +43,7 @@ class SleepWorker:
                 *INCLUDE,
             ],
             cwd=ROOT,
-            env=worker_env(HEALTH_DIR=str(tmp_path / f"{name}-health")),
+            env=worker_env(HEALTH_DIR=str(tmp_path / f"{name}-health"), **env),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ import pytest
 from amqp.exceptions import AccessRefused, NotAllowed
 from kombu import Connection
 
-from app.celery_app import celery_app
 from routing import declare_topology, names
+from tests.integration.producer_calls import assert_every_call_ran
 from tests.support.environment import TEST_DATABASE_URL, unavailable
 from tests.support.paths import ROOT
 from tests.support.servers import RABBITMQ_BIN, RabbitNode
@@ -33,14 +32,6 @@ from tests.support.worker_process import WorkerProcess
 DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
 VHOST = "magnetiq"
 PRODUCER, WORKER, MONITORING = "magnetiq-producer", "magnetiq-worker", "magnetiq-monitoring"
-#: Every welcome email the producer calls ask for (chain, group and chord tasks included).
-RECIPIENTS = {
-    f"{user}@example.com"
-    for user in (
-        "ana", "cd", "eta", "st", "chain1", "chain2", "group1", "group2",
-        "chord1", "chord2", "chordbody", "enq", "enqcd", "enqeta", "many1", "many2", "grouped1", "grouped2",
-    )
-}  # fmt: skip
 
 
 def password(user: str) -> str:
@@ -151,24 +142,9 @@ def test_the_seed_calls_run_as_the_producer_and_drain_as_the_worker(
     # connected as the producer account
     published = run_producer_calls(node)
 
-    # then the broker took every one
-    errors = {name: call["error"] for name, call in published.items() if "error" in call}
-    assert errors == {}
-    # and the workers ran every task: each result succeeded, each email was sent
-    for name, call in published.items():
-        for task_id in call["ids"]:
-            result = celery_app.AsyncResult(task_id)
-            result.get(timeout=60)
-            assert result.status == "SUCCESS", (name, result.status)
-            # a delayed task ran no earlier than it was asked to
-            if call["not_before"]:
-                assert as_utc(result.date_done) >= datetime.fromisoformat(call["not_before"]), name
-    received = {message["To"] for message in sink.wait_for(len(RECIPIENTS))}
-    assert received == RECIPIENTS
-
-
-def as_utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    # then the broker took every one, the workers ran every task (a delayed one no
+    # earlier than asked), and each email was sent
+    assert_every_call_ran(published, sink)
 
 
 @pytest.mark.parametrize(

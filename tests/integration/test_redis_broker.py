@@ -12,27 +12,14 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.utils.json import loads
 
 from routing import TASK_QUEUES, declare_topology, names
-from routing.redis_transport import Transport
-from tests.support.environment import TEST_REDIS_BROKER_URL, unavailable
-
-
-@pytest.fixture
-def redis_db() -> Iterator[redis.Redis]:
-    """The tests' own Redis database, empty."""
-    client = redis.Redis.from_url(TEST_REDIS_BROKER_URL)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        unavailable(f"Redis unreachable at {TEST_REDIS_BROKER_URL} ({exc}); start redis-server")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+from routing.redis_transport import Transport, Unroutable
+from tests.support.environment import TEST_REDIS_BROKER_URL
 
 
 @pytest.fixture
 def connection(redis_db: redis.Redis) -> Iterator[Connection]:
-    """A kombu connection through the fleet's Redis transport, with the topology declared."""
+    """A kombu connection through the fleet's Redis transport, with the topology declared (Redis emptied)."""
+    redis_db.flushdb()
     with Connection(TEST_REDIS_BROKER_URL, transport=Transport) as conn:
         declare_topology(conn)
         yield conn
@@ -95,3 +82,17 @@ def test_a_message_requeued_goes_back_to_its_queue_not_to_the_dead_letters(
     message.reject(requeue=True)
     assert redis_db.llen(names.EMAIL) == 1
     assert redis_db.llen(names.dlq(names.EMAIL)) == 0
+
+
+def test_a_task_no_queue_is_bound_for_raises_instead_of_vanishing(connection: Connection) -> None:
+    # given the topology declared (by ``connection``, as a worker does) and a producer of its
+    # own that declares nothing, as the fleet's producers do
+    with Connection(TEST_REDIS_BROKER_URL, transport=Transport) as own, Producer(own) as producer:
+        # when it publishes to the tasks exchange with a key no binding matches,
+        # then it is told, as RabbitMQ's mandatory flag tells it
+        with pytest.raises(Unroutable, match=r"no queue is bound for routing key 'nowhere\.task'"):
+            producer.publish({"id": 3}, exchange=names.TASKS_EXCHANGE, routing_key="nowhere.task")
+        # and a routable one is routed as the topic exchange it is, though never declared here
+        producer.publish({"id": 4}, exchange=names.TASKS_EXCHANGE, routing_key="booking.process_payment")
+    with redis.Redis.from_url(TEST_REDIS_BROKER_URL) as client:
+        assert client.llen(names.BOOKING) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,6 +11,8 @@ import pytest
 
 from app import producer
 from app.producer import delay_seconds
+from app.settings import get_settings
+from app.tasks.email_tasks import send_welcome_email
 from routing.names import MAX_DELAY_SECONDS
 
 
@@ -67,3 +70,26 @@ def test_a_helper_refuses_a_bad_delay_before_publishing() -> None:
     # then it raises the validation error, not a connection error
     with pytest.raises(ValueError, match="must not be negative"):
         producer.enqueue_welcome_email("ana@example.com", "Ana", countdown=-5)
+
+
+@pytest.fixture
+def redis_broker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Settings naming a Redis broker with a one-hour horizon for delayed tasks."""
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://localhost:6379/0")
+    monkeypatch.setenv("REDIS_ETA_HORIZON", "3600")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_on_redis_a_delay_beyond_the_horizon_is_refused_before_publishing(redis_broker: None) -> None:
+    # given a Redis broker, where a worker holds a delayed task unacked until it runs
+    # then a delay within the horizon is taken, and one beyond it refused with the setting's name
+    assert delay_seconds(countdown=3600) == 3600
+    with pytest.raises(ValueError, match="REDIS_ETA_HORIZON"):
+        delay_seconds(countdown=3601)
+    with pytest.raises(ValueError, match="REDIS_ETA_HORIZON"):
+        delay_seconds(eta=datetime.now(UTC) + timedelta(hours=2))
+    # and so is a seed-style apply_async, before anything is sent
+    with pytest.raises(ValueError, match="REDIS_ETA_HORIZON"):
+        send_welcome_email.apply_async(("ada@example.com", "Ada"), countdown=7200)

@@ -157,15 +157,48 @@ def test_result_backend_refuses_other_databases(monkeypatch: pytest.MonkeyPatch)
         Settings()
 
 
-@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "sqs://", "memory://"])
-def test_broker_must_be_amqp(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
-    # given a non-AMQP broker
+@pytest.mark.parametrize("url", ["sqs://", "memory://", "kafka://127.0.0.1:9092", "127.0.0.1:5672"])
+def test_broker_must_be_rabbitmq_or_redis(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    # given a broker the fleet does not run on
     monkeypatch.setenv("CELERY_BROKER_URL", url)
 
     # when the settings are built
-    # then they are refused
-    with pytest.raises(ValidationError, match="amqp"):
+    # then they are refused, naming the brokers it runs on
+    with pytest.raises(ValidationError, match="amqp://, amqps://, redis://, rediss:// or sentinel://"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("amqp://guest:guest@127.0.0.1:5672//", "amqp"),
+        ("amqps://fleet:pw@rabbit.internal:5671/magnetiq", "amqp"),
+        ("redis://localhost:6379/0", "redis"),  # the seed's
+        ("rediss://:pw@redis.internal:6380/0", "redis"),
+        ("sentinel://s1:26379;sentinel://s2:26379", "redis"),
+    ],
+)
+def test_the_seeds_redis_url_and_rabbitmq_urls_are_taken(
+    monkeypatch: pytest.MonkeyPatch, url: str, kind: str
+) -> None:
+    # given a RabbitMQ or Redis URL, the seed's among them
+    monkeypatch.setenv("CELERY_BROKER_URL", url)
+
+    # then the settings take it and say which broker it is
+    assert Settings().broker == kind
+
+
+def test_redis_tls_options_use_redis_pys_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a rediss:// broker with a CA bundle
+    monkeypatch.setenv("CELERY_BROKER_URL", "rediss://:pw@redis.internal:6380/0")
+    monkeypatch.setenv("BROKER_TLS_CA_FILE", "/etc/ssl/redis-ca.pem")
+
+    # then the certificate is required, checked against that bundle and the host name
+    assert Settings().broker_ssl == {
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        "ssl_check_hostname": True,
+        "ssl_ca_certs": "/etc/ssl/redis-ca.pem",
+    }
 
 
 @pytest.mark.parametrize(("soft", "hard"), [("150", "150"), ("200", "150")])
@@ -315,7 +348,7 @@ def test_settings_are_frozen() -> None:
 @pytest.mark.parametrize(
     ("variable", "url"),
     [
-        ("CELERY_BROKER_URL", "redis://fleet:LeakedPw-0a9b@redis.internal:6379/0"),
+        ("CELERY_BROKER_URL", "kafka://fleet:LeakedPw-0a9b@kafka.internal:9092/0"),
         ("DATABASE_URL", "mysql://app:LeakedPw-0a9b@db.internal/magnetiq"),
     ],
 )

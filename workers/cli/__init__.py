@@ -20,7 +20,7 @@ from app.settings import get_settings, mask_url
 from routing import declare_topology
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
 from workers.cli import fleet
-from workers.cli.connections import broker_connection, database_errors
+from workers.cli.connections import broker_connection, database_errors, rabbitmq_connection
 from workers.cli.dlq import dlq
 from workers.cli.schedule import schedule
 from workers.profiles import PROFILES
@@ -62,7 +62,7 @@ def topology_apply() -> None:
 def topology_check() -> None:
     """Check that every queue exists with the declared arguments (passive declares)."""
     missing = []
-    with broker_connection(get_settings()) as connection:
+    with rabbitmq_connection(get_settings(), "topology check") as connection:
         for queue in (*TASK_QUEUES, *DEAD_LETTER_QUEUES):
             try:
                 with connection.channel() as channel:

@@ -58,3 +58,22 @@ def database_errors(url: str | None = None) -> Iterator[None]:
         yield
     except (OperationalError, ConnectionError) as exc:
         raise ServiceDown("postgresql", url or get_settings().database_url, exc) from exc
+
+
+class RabbitMQOnly(click.ClickException):
+    """A command that reads RabbitMQ's queues, asked of a Redis broker: say so, and what to use."""
+
+    exit_code = 2
+
+    def __init__(self, command: str) -> None:
+        super().__init__(
+            f"`magnetiq {command}` reads RabbitMQ's queues; CELERY_BROKER_URL names Redis, whose "
+            "queues are lists: `redis-cli LLEN <queue>`, `redis-cli LRANGE <queue>.dlq 0 -1`"
+        )
+
+
+def rabbitmq_connection(settings: Settings, command: str) -> Connection:
+    """``broker_connection`` for a command that reads RabbitMQ's queues (``RabbitMQOnly`` on Redis)."""
+    if settings.broker != "amqp":
+        raise RabbitMQOnly(command)
+    return broker_connection(settings)

@@ -19,7 +19,7 @@ from app.settings import get_settings
 from routing import names
 from routing.routes import queue_for
 from workers.cli.capacity import measure, workers_needed
-from workers.cli.connections import broker_connection, database_errors
+from workers.cli.connections import broker_connection, database_errors, rabbitmq_connection
 from workers.cli.queue_stats import ManagementAPI, QueueStats, passive_counts, read_stats
 from workers.profiles import PROFILES
 
@@ -55,7 +55,7 @@ def status(no_management: bool, ping_timeout: float) -> None:
     """Per queue: ready, unacked, consumers, DLQ depth and oldest DLQ message; workers online."""
     settings = get_settings()
     api = None if no_management else ManagementAPI.from_settings(settings)
-    with broker_connection(settings) as connection:
+    with rabbitmq_connection(settings, "status") as connection:
         try:
             stats, problem = read_stats(connection, api)
         except NotFound as exc:
@@ -139,7 +139,7 @@ def capacity(
     the queue has a backlog (workers busy), or the figure is a lower bound.
     """
     settings = get_settings()
-    with broker_connection(settings) as connection:
+    with rabbitmq_connection(settings, "capacity") as connection:
         ready, consumers = passive_counts(connection, queue)
     if per_worker is None:
         since = datetime.now(UTC) - timedelta(minutes=window)

@@ -1,0 +1,71 @@
+"""A Redis broker hands a killed worker's task to another worker after the visibility timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from app.celery_app import celery_app
+from tests.integration.sleep_tasks import SLEEP
+from tests.integration.sleep_workers import SleepWorker
+from tests.support.environment import TEST_DATABASE_URL, TEST_REDIS_BROKER_URL
+from tests.support.paths import ROOT
+from tests.support.waiting import wait_until
+from workers.profiles import redis_visibility_timeout
+
+
+def test_a_task_whose_worker_was_killed_runs_again_after_the_visibility_timeout(
+    redis_db: redis.Redis, database: Any, tmp_path: Path
+) -> None:
+    # given a booking worker on Redis with short limits: a visibility timeout of
+    # (4 + 1) x 3 s + 1 s = 16 s, as the profiles set it
+    limits = {"TASK_SOFT_TIME_LIMIT": "2", "TASK_TIME_LIMIT": "3", "REDIS_ETA_HORIZON": "1"}
+    assert redis_visibility_timeout(3, 1) == 16
+    first = SleepWorker("redis-first", tmp_path, CELERY_BROKER_URL=TEST_REDIS_BROKER_URL, **limits)
+    second = None
+    try:
+        wait_until(lambda: ready_process(first), 60, "the first worker on Redis")
+        # and a task it has started
+        marker = tmp_path / "started"
+        result = run_as_producer(SLEEP, {"seconds": 1.0, "marker": str(marker)})
+        wait_until(marker.exists, 30, "the task to start")
+
+        # when the worker and its pool are killed mid-task, and another worker starts
+        first.kill_group()
+        second = SleepWorker("redis-second", tmp_path, CELERY_BROKER_URL=TEST_REDIS_BROKER_URL, **limits)
+
+        # then Redis hands the task to the new worker once the visibility timeout passed,
+        # and it runs there to success
+        outcome = celery_app.AsyncResult(result).get(timeout=90)
+        assert outcome["worker"].startswith("redis-second@")
+        wait_until(lambda: redis_db.hlen("unacked") == 0, 30, "the rerun's ack (after its result)")
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def ready_process(worker: SleepWorker) -> bool:
+    if worker.proc.poll() is not None:
+        raise AssertionError(f"worker exited early:\n{worker.log()}")
+    return "ready." in worker.log()
+
+
+def run_as_producer(task_name: str, kwargs: dict[str, Any]) -> str:
+    """Publish one task by name in a process connected to the Redis broker; return its id."""
+    code = (
+        "import json, sys; from app.celery_app import celery_app; "
+        f"print(celery_app.send_task({task_name!r}, kwargs=json.loads(sys.argv[1])).id)"
+    )
+    env = {**os.environ, "CELERY_BROKER_URL": TEST_REDIS_BROKER_URL, "DATABASE_URL": TEST_DATABASE_URL}
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(kwargs)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
