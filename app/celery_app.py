@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from app.settings import Settings, get_settings
+from app.settings import Settings, broker_scheme, get_settings
 from routing import TASK_QUEUES, names, route_task
 
 #: The Redis transports (``routing.redis_transport``), by URL scheme.
@@ -29,7 +29,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.celery_broker_url,
         # Redis: kombu's transport, except that a rejected message is dead-lettered.
-        "broker_transport": REDIS_TRANSPORTS.get(settings.celery_broker_url.split("://", 1)[0]),
+        "broker_transport": REDIS_TRANSPORTS.get(broker_scheme(settings.celery_broker_url) or ""),
         # confirm_publish: apply_async returns only after the broker took the
         # message; without it tasks were lost (celery#9149). Redis answers every
         # write; workers add its visibility timeout (workers.entry).

@@ -44,13 +44,18 @@ BROKER_SCHEMES: dict[str, BrokerKind] = {
 TLS_SCHEMES = ("amqps://", "rediss://")
 
 
-def broker_kind(url: str) -> BrokerKind | None:
-    """The broker a URL names, or None for a scheme the fleet does not run on.
+def broker_scheme(url: str) -> str | None:
+    """A broker URL's scheme (``redis``), or None without one.
 
     A kombu failover list (``;``-separated) names one broker: its first URL's.
     """
     scheme, sep, _ = url.split(";", 1)[0].strip().partition("://")
-    return BROKER_SCHEMES.get(scheme) if sep else None
+    return scheme if sep else None
+
+
+def broker_kind(url: str) -> BrokerKind | None:
+    """The broker a URL names, or None for a scheme the fleet does not run on."""
+    return BROKER_SCHEMES.get(broker_scheme(url) or "")
 
 
 def mask_url(url: str) -> str:

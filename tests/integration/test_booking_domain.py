@@ -312,7 +312,12 @@ def test_import_of_taken_slot_reports_a_row_error(database: Any, provider: Any) 
 
     assert imports.start_import(database, import_id, chunk_size=10) == [0]
     assert imports.import_chunk(database, import_id, 0) == 0
-    assert imports.finish_import(database, import_id)["rejected"] == 1
+    assert imports.finish_import(database, import_id) == {
+        "import_id": import_id,
+        "status": "completed",
+        "imported": 0,
+        "rejected": 1,
+    }
     assert imports.import_errors(database, import_id) == {2: "reference exists or slot already booked"}
 
 

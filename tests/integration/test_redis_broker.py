@@ -25,6 +25,18 @@ def connection(redis_db: redis.Redis) -> Iterator[Connection]:
         yield conn
 
 
+def _publish_and_deliver(connection: Connection, queue_name: str, task: str, **options: Any) -> Any:
+    """Publish one message to ``queue_name`` through the tasks exchange; consume it, unacked."""
+    with Producer(connection) as producer:
+        producer.publish(
+            {"task": task},
+            exchange=Exchange(names.TASKS_EXCHANGE, type="topic"),
+            routing_key=names.routing_key(queue_name, task),
+            **options,
+        )
+    return _deliver_one(connection, next(q for q in TASK_QUEUES if q.name == queue_name))
+
+
 def _deliver_one(connection: Connection, queue: Queue) -> Any:
     """Consume one message from ``queue`` without acking it."""
     got: list[Any] = []
@@ -38,15 +50,12 @@ def test_a_rejected_message_moves_to_its_dead_letter_list_with_rabbitmqs_headers
     connection: Connection, redis_db: redis.Redis
 ) -> None:
     # given a task message published to the tasks exchange and delivered to a consumer
-    booking = next(q for q in TASK_QUEUES if q.name == names.BOOKING)
-    with Producer(connection) as producer:
-        producer.publish(
-            {"id": 1},
-            exchange=Exchange(names.TASKS_EXCHANGE, type="topic"),
-            routing_key=names.routing_key(names.BOOKING, "process_payment"),
-            headers={"task": "app.tasks.booking_tasks.process_payment"},
-        )
-    message = _deliver_one(connection, booking)
+    message = _publish_and_deliver(
+        connection,
+        names.BOOKING,
+        "process_payment",
+        headers={"task": "app.tasks.booking_tasks.process_payment"},
+    )
 
     # when the consumer rejects it without requeue (a failed task, an undecodable body)
     message.reject(requeue=False)
@@ -56,7 +65,7 @@ def test_a_rejected_message_moves_to_its_dead_letter_list_with_rabbitmqs_headers
     assert redis_db.hlen("unacked") == 0
     (stored,) = redis_db.lrange(names.dlq(names.BOOKING), 0, -1)
     dead = loads(stored)
-    assert loads(base64.b64decode(dead["body"])) == {"id": 1}  # the body as published
+    assert loads(base64.b64decode(dead["body"])) == {"task": "process_payment"}  # the body as published
     (death,) = dead["headers"]["x-death"]
     assert death["reason"] == "rejected"
     assert death["queue"] == names.BOOKING
@@ -69,14 +78,7 @@ def test_a_message_requeued_goes_back_to_its_queue_not_to_the_dead_letters(
     connection: Connection, redis_db: redis.Redis
 ) -> None:
     # given a delivered message
-    email = next(q for q in TASK_QUEUES if q.name == names.EMAIL)
-    with Producer(connection) as producer:
-        producer.publish(
-            {"id": 2},
-            exchange=Exchange(names.TASKS_EXCHANGE, type="topic"),
-            routing_key=names.routing_key(names.EMAIL, "send_welcome_email"),
-        )
-    message = _deliver_one(connection, email)
+    message = _publish_and_deliver(connection, names.EMAIL, "send_welcome_email")
 
     # when it is rejected with requeue, then it is back in its queue and the DLQ is empty
     message.reject(requeue=True)
