@@ -1,4 +1,4 @@
-"""The worker's consumer: dead-letters undecodable and oversized messages; green pools poll events."""
+"""The worker's consumer: dead-letters bad and oversized messages; green pools poll events."""
 
 from __future__ import annotations
 
@@ -52,12 +52,18 @@ class FleetConsumer(Consumer):
         message.reject(requeue=False)
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
-        """Wrap Celery's task handler: a body over ``MAX_MESSAGE_BYTES`` is dead-lettered undecoded.
+        """Wrap Celery's task handler: oversized and malformed messages are dead-lettered.
 
-        Protocol 2 bodies are decoded in the pool process; refusing here keeps a
-        hostile body from ever being parsed into objects.
+        A body over ``MAX_MESSAGE_BYTES`` is refused before it is decoded, so a
+        hostile body is never parsed into objects. A message Celery cannot turn
+        into a request (a protocol 2 body that is not ``[args, kwargs, embed]``)
+        makes stock Celery raise out of its consumer: the worker stops with an
+        "Unrecoverable error", the message goes back to the queue, and the next
+        worker to take it stops too. Here it is dead-lettered and the worker
+        goes on.
         """
         handle = super().create_task_handler(*args, **kwargs)
+        broker_errors = (*self.connection_errors, *self.channel_errors)  # type: ignore[attr-defined]
 
         def on_task_received(message: Any) -> Any:
             size = len(message.body or b"")
@@ -69,6 +75,19 @@ class FleetConsumer(Consumer):
                 )
                 message.reject(requeue=False)
                 return None
-            return handle(message)
+            try:
+                return handle(message)
+            except broker_errors:
+                raise
+            except Exception:
+                if message.acknowledged:
+                    raise
+                log.exception(
+                    "rejected malformed message to the dead-letter queue: task %r, id %r",
+                    message.headers.get("task"),
+                    message.headers.get("id"),
+                )
+                message.reject(requeue=False)
+                return None
 
         return on_task_received

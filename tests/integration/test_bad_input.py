@@ -73,6 +73,16 @@ def test_a_non_json_body_is_dead_lettered(booking_worker: WorkerProcess, broker:
     dead_lettered_and_alive(broker, booking_worker)
 
 
+@pytest.mark.parametrize("body", [b'"a string"', b"[[], {}]", b'{"payment_id": 1}', b"[1, 2, 3]"])
+def test_a_json_body_that_is_not_args_kwargs_embed_is_dead_lettered(
+    booking_worker: WorkerProcess, broker: Connection, body: bytes
+) -> None:
+    # Stock Celery raises out of its consumer on the first three: the worker stops, and the
+    # message goes back to the queue for the next worker to stop on.
+    raw_publish(broker, body, "application/json", {})
+    dead_lettered_and_alive(broker, booking_worker)
+
+
 def test_an_unknown_task_name_is_dead_lettered(booking_worker: WorkerProcess, broker: Connection) -> None:
     raw_publish(broker, b"[[], {}, {}]", "application/json", {"task": "app.tasks.booking_tasks.no_such_task"})
     dead_lettered_and_alive(broker, booking_worker)

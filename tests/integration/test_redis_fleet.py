@@ -92,8 +92,8 @@ def test_the_seed_calls_run_on_the_seeds_redis_url(workers: list[WorkerProcess],
 def test_a_failed_task_and_an_undecodable_body_land_in_the_dead_letter_list(
     workers: list[WorkerProcess], redis_db: redis.Redis
 ) -> None:
-    # given a booking task that fails for good (no such payment) and a body no worker can decode,
-    # both published to the Redis broker
+    # given a booking task that fails for good (no such payment), a body no worker can decode and
+    # a JSON body that is not [args, kwargs, embed], all published to the Redis broker
     with (
         Connection(TEST_REDIS_BROKER_URL, transport=Transport) as connection,
         Producer(connection) as producer,
@@ -113,23 +113,31 @@ def test_a_failed_task_and_an_undecodable_body_land_in_the_dead_letter_list(
             content_type="application/json",
             content_encoding="binary",
         )
+        producer.publish(
+            "not args, kwargs, embed",
+            exchange=names.TASKS_EXCHANGE,
+            routing_key=names.routing_key(names.BOOKING, "process_payment"),
+            headers={"task": "app.tasks.booking_tasks.process_payment", "id": "malformed-1"},
+            serializer="json",
+        )
 
-    # when the booking worker has them, then both are in booking.dlq with their reason,
-    # neither in the queue nor held unacked
-    wait_until(lambda: redis_db.llen(names.dlq(names.BOOKING)) >= 2, 30, "two dead letters")
+    # when the booking worker has them, then all three are in booking.dlq with their reason,
+    # none in the queue nor held unacked, and the worker still runs
+    wait_until(lambda: redis_db.llen(names.dlq(names.BOOKING)) >= 3, 30, "three dead letters")
     dead = [json.loads(item) for item in redis_db.lrange(names.dlq(names.BOOKING), 0, -1)]
-    assert [d["headers"]["x-death"][0]["reason"] for d in dead] == ["rejected", "rejected"]
+    assert [d["headers"]["x-death"][0]["reason"] for d in dead] == ["rejected"] * 3
     assert {d["headers"]["x-death"][0]["queue"] for d in dead} == {names.BOOKING}
     bodies = [base64.b64decode(d["body"]) for d in dead]
     assert b"\x80\x04not json" in bodies
     assert redis_db.llen(names.BOOKING) == 0
     assert redis_db.hlen("unacked") == 0
+    assert all(worker.proc.poll() is None for worker in workers)
 
     # and the hourly dead-letter report reads the lists: their depth and the oldest's age
     with Connection(TEST_REDIS_BROKER_URL, transport=Transport) as connection:
         report = inspect_dead_letters(connection, [names.dlq(q) for q in names.WORK_QUEUES])
     depths = {row.queue: row.messages for row in report}
-    assert depths == {"email.dlq": 0, "booking.dlq": 2, "maintenance.dlq": 0}
+    assert depths == {"email.dlq": 0, "booking.dlq": 3, "maintenance.dlq": 0}
     (booking,) = [row for row in report if row.queue == "booking.dlq"]
     assert booking.oldest_age_seconds is not None and 0 <= booking.oldest_age_seconds < 60
 
@@ -141,5 +149,5 @@ def test_a_failed_task_and_an_undecodable_body_land_in_the_dead_letter_list(
         for sample in families[name].samples
     }
     assert samples == {
-        "email": 0, "booking": 0, "maintenance": 0, "email.dlq": 0, "booking.dlq": 2, "maintenance.dlq": 0,
+        "email": 0, "booking": 0, "maintenance": 0, "email.dlq": 0, "booking.dlq": 3, "maintenance.dlq": 0,
     }  # fmt: skip
