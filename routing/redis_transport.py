@@ -9,6 +9,15 @@ name. Here the rejection moves the message to ``<queue>.dlq`` (the list kombu
 reads as that queue) with RabbitMQ's ``x-death`` headers, in one Redis
 transaction with its removal from the unacked hash: it is in exactly one place.
 
+A quorum queue also counts failed deliveries and dead-letters a message past
+its ``x-delivery-limit``; kombu's Redis transport puts a message back forever.
+Here a message that comes back because its delivery failed (a requeue, as
+when a task's process is killed, or a visibility timeout that ran out on a
+dead worker) gets ``x-delivery-count`` one higher, and past its queue's limit
+(``routing.topology.DELIVERY_LIMITS``) goes to the dead-letter list with the
+reason ``delivery_limit``. Prefetched messages handed back when a consumer
+closes its channel (a warm shutdown) were never tried and are not counted.
+
 Select it with a ``redis://``, ``rediss://`` or ``sentinel://`` broker URL;
 ``app.celery_app`` names the class as Celery's ``broker_transport``.
 """
@@ -25,10 +34,13 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from routing import names
+from routing.topology import DELIVERY_LIMITS
 
 log = logging.getLogger(__name__)
 #: The fleet's exchanges, all topic exchanges (``routing.topology``).
 TOPIC_EXCHANGES = dict.fromkeys((names.TASKS_EXCHANGE, names.DLX_EXCHANGE), "topic")
+#: Failed deliveries of a message so far, as a quorum queue counts them.
+DELIVERY_COUNT = "x-delivery-count"
 #: Headers RabbitMQ sets on a message it dead-letters, set here the same way.
 FIRST_DEATH = ("x-first-death-reason", "x-first-death-queue", "x-first-death-exchange")
 
@@ -65,8 +77,26 @@ def dead_lettered(payload: dict[str, Any], exchange: str, routing_key: str, reas
     return payload
 
 
+def over_limit(payload: dict[str, Any], routing_key: str) -> bool:
+    """Count one more failed delivery in the message's headers; True once past its queue's limit."""
+    headers = payload.setdefault("headers", {})
+    count = int(headers.get(DELIVERY_COUNT) or 0) + 1
+    headers[DELIVERY_COUNT] = count
+    limit = DELIVERY_LIMITS.get(queue_of(routing_key))
+    return limit is not None and count > limit
+
+
 class QoS(redis.QoS):
     """Acks as kombu does; a reject without requeue dead-letters instead of dropping."""
+
+    def restore_unacked(self, client: Any = None) -> None:
+        """Hand back what this channel holds as kombu does, without counting a failed delivery."""
+        channel: DeliveryLimit = self.channel  # type: ignore[assignment]  # always one of ours
+        channel.counting_deliveries = False
+        try:
+            super().restore_unacked(client)
+        finally:
+            channel.counting_deliveries = True
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         """Requeue as kombu does, or move the message to its queue's dead-letter list."""
@@ -95,6 +125,32 @@ class QoS(redis.QoS):
 
 class Unroutable(ChannelError):
     """No queue is bound for a task's routing key: kombu's Redis transport would drop it silently."""
+
+
+class DeliveryLimit:
+    """A restored message's failed delivery counted; past the limit, dead-lettered instead."""
+
+    #: False while a closing channel hands back what it prefetched (``QoS.restore_unacked``).
+    counting_deliveries = True
+
+    def _do_restore_message(
+        self, payload: dict[str, Any], exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
+    ) -> None:
+        if self.counting_deliveries and over_limit(payload, routing_key):
+            target = names.dlq(queue_of(routing_key))
+            pipe.lpush(target, dumps(dead_lettered(payload, exchange, routing_key, "delivery_limit")))
+            log.warning("dead-lettered message to %s past its delivery limit", target)
+            return
+        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)  # type: ignore[misc]
+
+    def close(self) -> None:
+        """Close as kombu does, then the pool kombu opened anew to hand back unacked messages.
+
+        kombu disconnects the channel's pools before the restore, which opens a new one
+        and leaves its socket open.
+        """
+        super().close()  # type: ignore[misc]
+        self._disconnect_pools()  # type: ignore[attr-defined]  # kombu's, pinned
 
 
 class FleetRouting:
@@ -132,8 +188,8 @@ class FleetRouting:
         return queues
 
 
-class Channel(FleetRouting, redis.Channel):
-    """kombu's Redis channel with the fleet's routing and the dead-lettering ``QoS``."""
+class Channel(DeliveryLimit, FleetRouting, redis.Channel):
+    """kombu's Redis channel with the fleet's routing, delivery limit and dead-lettering ``QoS``."""
 
     QoS = QoS
 
@@ -144,8 +200,8 @@ class Transport(redis.Transport):
     Channel = Channel
 
 
-class SentinelChannel(FleetRouting, redis.SentinelChannel):
-    """kombu's Sentinel channel with the fleet's routing and the dead-lettering ``QoS``."""
+class SentinelChannel(DeliveryLimit, FleetRouting, redis.SentinelChannel):
+    """kombu's Sentinel channel with the fleet's routing, delivery limit and dead-lettering ``QoS``."""
 
     QoS = QoS
 

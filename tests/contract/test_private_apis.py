@@ -86,3 +86,17 @@ def test_kombus_redis_qos_still_keeps_unacked_messages_as_the_dead_lettering_rea
         "kombu's Redis QoS changed how it stores unacked messages: routing.redis_transport reads them"
     )
     assert hasattr(redis.Channel, "conn_or_acquire"), "kombu's Redis Channel.conn_or_acquire is gone"
+
+
+def test_kombus_redis_channel_still_restores_each_message_through_one_hook() -> None:
+    # given kombu's Redis channel, then every path that puts an unacked message back (a requeue,
+    # an expired visibility timeout, a closing channel) goes through _do_restore_message, where
+    # routing.redis_transport counts failed deliveries
+    parameters = list(inspect.signature(redis.Channel._do_restore_message).parameters)
+    assert parameters == ["self", "payload", "exchange", "routing_key", "pipe", "leftmost"]
+    assert "_do_restore_message(" in inspect.getsource(redis.QoS.restore_by_tag)
+    assert "restore_by_tag(" in inspect.getsource(redis.QoS.restore_visible)
+    assert "restore_by_tag(" in inspect.getsource(redis.QoS.restore_unacked), (
+        "kombu's Redis QoS.restore_unacked changed: routing.redis_transport leaves its restores uncounted"
+    )
+    assert hasattr(redis.Channel, "_disconnect_pools"), "kombu's Redis Channel._disconnect_pools is gone"

@@ -12,7 +12,8 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.utils.json import loads
 
 from routing import TASK_QUEUES, declare_topology, names
-from routing.redis_transport import Transport, Unroutable
+from routing.redis_transport import DELIVERY_COUNT, Transport, Unroutable
+from routing.topology import DELIVERY_LIMITS
 from tests.support.environment import TEST_REDIS_BROKER_URL
 
 
@@ -98,3 +99,51 @@ def test_a_task_no_queue_is_bound_for_raises_instead_of_vanishing(connection: Co
         producer.publish({"id": 4}, exchange=names.TASKS_EXCHANGE, routing_key="booking.process_payment")
     with redis.Redis.from_url(TEST_REDIS_BROKER_URL) as client:
         assert client.llen(names.BOOKING) == 1
+
+
+def test_a_message_whose_deliveries_keep_failing_is_dead_lettered_past_its_queues_limit(
+    connection: Connection, redis_db: redis.Redis
+) -> None:
+    # given a booking message (delivery limit 3, as the quorum queue's x-delivery-limit)
+    booking = next(q for q in TASK_QUEUES if q.name == names.BOOKING)
+    message = _publish_and_deliver(connection, names.BOOKING, "process_payment")
+
+    # when each delivery fails and requeues it (as a worker does for a task whose process was
+    # killed), the count rises by one each time, and it stays in its queue up to the limit
+    for count in range(1, DELIVERY_LIMITS[names.BOOKING] + 1):
+        message.reject(requeue=True)
+        assert (redis_db.llen(names.BOOKING), redis_db.llen(names.dlq(names.BOOKING))) == (1, 0)
+        message = _deliver_one(connection, booking)
+        assert message.headers[DELIVERY_COUNT] == count
+
+    # then the failure past the limit moves it to booking.dlq with the reason quorum queues give
+    message.reject(requeue=True)
+    assert (redis_db.llen(names.BOOKING), redis_db.hlen("unacked")) == (0, 0)
+    (stored,) = redis_db.lrange(names.dlq(names.BOOKING), 0, -1)
+    dead = loads(stored)
+    assert dead["headers"]["x-death"][0]["reason"] == "delivery_limit"
+    assert dead["headers"][DELIVERY_COUNT] == DELIVERY_LIMITS[names.BOOKING] + 1
+    assert loads(base64.b64decode(dead["body"])) == {"task": "process_payment"}
+
+
+def test_a_message_handed_back_by_a_closing_consumer_is_not_counted(redis_db: redis.Redis) -> None:
+    # given a booking message prefetched by a consumer that then closes its connection, as
+    # a worker does on a warm shutdown, more times than the queue's delivery limit
+    redis_db.flushdb()
+    booking = next(q for q in TASK_QUEUES if q.name == names.BOOKING)
+    for _ in range(DELIVERY_LIMITS[names.BOOKING] + 2):
+        with Connection(TEST_REDIS_BROKER_URL, transport=Transport) as conn:
+            declare_topology(conn)
+            if redis_db.llen(names.BOOKING) == 0:
+                with Producer(conn) as producer:
+                    producer.publish(
+                        {"task": "p"}, exchange=names.TASKS_EXCHANGE, routing_key="booking.process_payment"
+                    )
+            message = _deliver_one(conn, booking)
+            assert redis_db.hlen("unacked") == 1
+
+    # then it is back in its queue each time, never counted as a failed delivery
+    assert (redis_db.llen(names.BOOKING), redis_db.llen(names.dlq(names.BOOKING))) == (1, 0)
+    assert redis_db.hlen("unacked") == 0
+    assert DELIVERY_COUNT not in message.headers
+    assert message.headers.get("redelivered") is True

@@ -12,7 +12,10 @@ from typing import Any
 import redis
 
 from app.celery_app import celery_app
-from tests.integration.sleep_tasks import SLEEP
+from routing import names
+from routing.redis_transport import DELIVERY_COUNT
+from routing.topology import DELIVERY_LIMITS
+from tests.integration.sleep_tasks import CRASH, SLEEP
 from tests.integration.sleep_workers import SleepWorker
 from tests.support.environment import TEST_DATABASE_URL, TEST_REDIS_BROKER_URL
 from tests.support.paths import ROOT
@@ -49,6 +52,32 @@ def test_a_task_whose_worker_was_killed_runs_again_after_the_visibility_timeout(
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_a_task_that_keeps_killing_its_process_is_dead_lettered_past_the_delivery_limit(
+    redis_db: redis.Redis, database: Any, tmp_path: Path
+) -> None:
+    # given a booking worker on Redis (delivery limit 3) and a task that kills its process
+    worker = SleepWorker("redis-crash", tmp_path, CELERY_BROKER_URL=TEST_REDIS_BROKER_URL)
+    try:
+        wait_until(lambda: ready_process(worker), 60, "the worker on Redis")
+        runs = tmp_path / "runs"
+
+        # when it is published
+        run_as_producer(CRASH, {"marker": str(runs)})
+
+        # then it ran once and again after each failed delivery up to the limit, and then
+        # went to booking.dlq with the reason a quorum queue gives; the worker lives on
+        dlq = names.dlq(names.BOOKING)
+        wait_until(lambda: redis_db.llen(dlq) == 1, 60, "the task in booking.dlq")
+        assert len(runs.read_text().split()) == DELIVERY_LIMITS[names.BOOKING] + 1
+        dead = json.loads(redis_db.lindex(dlq, 0))
+        assert dead["headers"]["x-death"][0]["reason"] == "delivery_limit"
+        assert dead["headers"][DELIVERY_COUNT] == DELIVERY_LIMITS[names.BOOKING] + 1
+        assert (redis_db.llen(names.BOOKING), redis_db.hlen("unacked")) == (0, 0)
+        assert worker.proc.poll() is None
+    finally:
+        worker.stop()
 
 
 def ready_process(worker: SleepWorker) -> bool:
