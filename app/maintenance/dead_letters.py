@@ -12,10 +12,14 @@ on RabbitMQ 3.x nothing is ever dropped. RabbitMQ 4.0 gives every quorum
 queue a default limit of 20, which a ``delivery-limit: -1`` policy on the DLQs
 lifts (README, "Dead-letter queues"). The maintenance report and the
 ``magnetiq dlq`` commands both read through here.
+
+On a Redis broker a DLQ is a list of kombu's JSON payloads, its head at the
+right end (where kombu pops); reading it is ``LRANGE``, which moves nothing.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -28,6 +32,8 @@ from amqp import Message, spec
 from kombu import Connection
 
 log = logging.getLogger(__name__)
+#: Properties kombu's Redis transport keeps for its own delivery, not the message's.
+REDIS_DELIVERY_KEYS = ("delivery_info", "delivery_tag", "body_encoding")
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,35 @@ class DeadLetter:
             headers=headers,
             properties=properties,
             body=bytes(message.body) if not isinstance(message.body, str) else message.body.encode(),
+        )
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> DeadLetter:
+        """Read a message kept in a Redis list (kombu's payload: body, headers, properties)."""
+        headers = dict(payload.get("headers") or {})
+        properties = {
+            key: value
+            for key, value in (payload.get("properties") or {}).items()
+            if key not in REDIS_DELIVERY_KEYS
+        }
+        properties.update(
+            content_type=payload.get("content-type"), content_encoding=payload.get("content-encoding")
+        )
+        raw = payload.get("body") or ""
+        encoded = (payload.get("properties") or {}).get("body_encoding") == "base64"
+        body = base64.b64decode(raw) if encoded else str(raw).encode()
+        latest = (headers.get("x-death") or [{}])[0]
+        stamp = _epoch(latest.get("time"))
+        return cls(
+            task_id=headers.get("id"),
+            task=headers.get("task"),
+            queue=latest.get("queue") or headers.get("x-first-death-queue"),
+            reason=latest.get("reason") or headers.get("x-first-death-reason"),
+            died_at=None if stamp is None else datetime.fromtimestamp(stamp, UTC),
+            deaths=int(latest.get("count", 1 if latest else 0)),
+            headers=headers,
+            properties=properties,
+            body=body,
         )
 
     def age(self, now: datetime | None = None) -> float | None:
@@ -107,6 +142,24 @@ def give_back(channel: Any, tags: Iterable[int]) -> None:
         channel.send_method(spec.Basic.Nack, "Lbb", (tag, False, True))
 
 
+def is_redis(connection: Connection) -> bool:
+    """Whether the broker is Redis (queues are lists) rather than RabbitMQ."""
+    return bool(connection.transport.driver_type == "redis")
+
+
+def redis_client(connection: Connection) -> Any:
+    """The redis-py client of a Redis broker connection's default channel."""
+    return connection.default_channel.client  # type: ignore[attr-defined]
+
+
+def redis_head(connection: Connection, queue: str, limit: int) -> list[bytes]:
+    """Up to ``limit`` raw messages from the head of a Redis list, head first, left in place."""
+    if limit <= 0:
+        return []
+    items: list[bytes] = redis_client(connection).lrange(queue, -limit, -1)
+    return items[::-1]
+
+
 def peek(connection: Connection, queue: str, limit: int = 100) -> list[DeadLetter]:
     """Return up to ``limit`` messages from the head of a queue, leaving every message in its place.
 
@@ -118,6 +171,8 @@ def peek(connection: Connection, queue: str, limit: int = 100) -> list[DeadLette
     Returns:
         The messages, head first.
     """
+    if is_redis(connection):
+        return [DeadLetter.from_payload(json.loads(raw)) for raw in redis_head(connection, queue, limit)]
     tags: list[int] = []
     found: list[DeadLetter] = []
     channel: Any = connection.channel()  # py-amqp's channel (kombu types it transport-neutral)
@@ -177,8 +232,8 @@ def inspect_queue(connection: Connection, queue: str, now: float | None = None) 
     On a Redis broker the queue is a list (oldest at its right end, where kombu
     pops), read with ``LLEN`` and ``LINDEX``.
     """
-    if connection.transport.driver_type == "redis":
-        client = connection.default_channel.client  # type: ignore[attr-defined]
+    if is_redis(connection):
+        client = redis_client(connection)
         ready, oldest = client.llen(queue), client.lindex(queue, -1)
         stamp = message_time(json.loads(oldest).get("headers")) if oldest else None
     else:

@@ -32,13 +32,22 @@ def test_topology_check_reports_every_queue(broker: Connection) -> None:
         assert f"ok      {queue} " in done.stdout
 
 
-def test_unreachable_broker_is_one_clear_line() -> None:
-    done = magnetiq("topology", "apply", CELERY_BROKER_URL=f"amqp://u:s3cret@127.0.0.1:{free_port()}//")
+@pytest.mark.parametrize(
+    ("scheme", "argv", "name", "hint"),
+    [
+        ("amqp", ("topology", "apply"), "RabbitMQ", "rabbitmq-server -detached"),
+        ("redis", ("dlq", "list", "booking"), "Redis", "redis-server --daemonize yes"),
+    ],
+)
+def test_unreachable_broker_is_one_clear_line(
+    scheme: str, argv: tuple[str, ...], name: str, hint: str
+) -> None:
+    done = magnetiq(*argv, CELERY_BROKER_URL=f"{scheme}://u:s3cret@127.0.0.1:{free_port()}/0")
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert "RabbitMQ is not reachable" in lines[0]
-    assert "rabbitmq-server -detached" in lines[0]
+    assert f"{name} is not reachable" in lines[0]
+    assert hint in lines[0]
     assert "s3cret" not in done.stderr
 
 

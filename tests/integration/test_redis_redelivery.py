@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +14,8 @@ from routing.redis_transport import DELIVERY_COUNT
 from routing.topology import DELIVERY_LIMITS
 from tests.integration.sleep_tasks import CRASH, SLEEP
 from tests.integration.sleep_workers import SleepWorker
-from tests.support.environment import TEST_DATABASE_URL, TEST_REDIS_BROKER_URL
-from tests.support.paths import ROOT
+from tests.support.environment import TEST_REDIS_BROKER_URL
+from tests.support.producer_process import send_as_producer
 from tests.support.waiting import wait_until
 from workers.profiles import redis_visibility_timeout
 
@@ -36,7 +33,7 @@ def test_a_task_whose_worker_was_killed_runs_again_after_the_visibility_timeout(
         wait_until(lambda: ready_process(first), 60, "the first worker on Redis")
         # and a task it has started
         marker = tmp_path / "started"
-        result = run_as_producer(SLEEP, {"seconds": 1.0, "marker": str(marker)})
+        result = send_as_producer(SLEEP, {"seconds": 1.0, "marker": str(marker)}, TEST_REDIS_BROKER_URL)
         wait_until(marker.exists, 30, "the task to start")
 
         # when the worker and its pool are killed mid-task, and another worker starts
@@ -64,7 +61,7 @@ def test_a_task_that_keeps_killing_its_process_is_dead_lettered_past_the_deliver
         runs = tmp_path / "runs"
 
         # when it is published
-        run_as_producer(CRASH, {"marker": str(runs)})
+        send_as_producer(CRASH, {"marker": str(runs)}, TEST_REDIS_BROKER_URL)
 
         # then it ran once and again after each failed delivery up to the limit, and then
         # went to booking.dlq with the reason a quorum queue gives; the worker lives on
@@ -84,17 +81,3 @@ def ready_process(worker: SleepWorker) -> bool:
     if worker.proc.poll() is not None:
         raise AssertionError(f"worker exited early:\n{worker.log()}")
     return "ready." in worker.log()
-
-
-def run_as_producer(task_name: str, kwargs: dict[str, Any]) -> str:
-    """Publish one task by name in a process connected to the Redis broker; return its id."""
-    code = (
-        "import json, sys; from app.celery_app import celery_app; "
-        f"print(celery_app.send_task({task_name!r}, kwargs=json.loads(sys.argv[1])).id)"
-    )
-    env = {**os.environ, "CELERY_BROKER_URL": TEST_REDIS_BROKER_URL, "DATABASE_URL": TEST_DATABASE_URL}
-    done = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(kwargs)], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()[-1]

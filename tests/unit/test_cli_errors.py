@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import psycopg2
 import pytest
-from click.testing import CliRunner
 from sqlalchemy.exc import OperationalError
 
-from app.settings import get_settings
-from workers.cli import main
 from workers.cli.connections import START_HINTS, ServiceDown, database_errors
 
 
@@ -45,24 +42,3 @@ def test_a_database_error_in_the_block_becomes_service_down_with_the_driver_reas
         "PostgreSQL is not reachable at postgresql://app:***@db:5432/magnetiq (connection refused)"
     )
     assert raised.value.__cause__ is cause
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [["status"], ["topology", "check"], ["dlq", "list", "booking"], ["capacity", "booking", "--target", "9"]],
-)
-def test_a_command_that_reads_rabbitmqs_queues_says_so_on_a_redis_broker(
-    monkeypatch: pytest.MonkeyPatch, argv: list[str]
-) -> None:
-    # given the seed's Redis broker URL
-    monkeypatch.setenv("CELERY_BROKER_URL", "redis://localhost:6379/0")
-    get_settings.cache_clear()
-    try:
-        # when an operations command that reads RabbitMQ's queues runs
-        result = CliRunner().invoke(main, argv)
-    finally:
-        get_settings.cache_clear()
-
-    # then it exits 2 with one line saying what to use instead, having connected nowhere
-    assert result.exit_code == 2, result.output
-    assert "reads RabbitMQ's queues" in result.output and "redis-cli LLEN" in result.output

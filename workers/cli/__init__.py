@@ -10,17 +10,19 @@ import threading
 from pathlib import Path
 
 import click
+from kombu import Connection
 
 from app.db import engine_for
 from app.mail.emails import SAMPLES
 from app.mail.preview import write_preview
+from app.maintenance.dead_letters import is_redis
 from app.migrate import upgrade
 from app.outbox import BATCH, POLL_INTERVAL, relay, relay_once
 from app.settings import get_settings, mask_url
 from routing import declare_topology
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
-from workers.cli import fleet
-from workers.cli.connections import broker_connection, database_errors, rabbitmq_connection
+from workers.cli import fleet, redis_queues
+from workers.cli.connections import broker_connection, database_errors
 from workers.cli.dlq import dlq
 from workers.cli.schedule import schedule
 from workers.profiles import PROFILES
@@ -47,7 +49,7 @@ def db_upgrade() -> None:
 
 @main.group()
 def topology() -> None:
-    """RabbitMQ exchanges, queues and dead-letter queues."""
+    """The broker's exchanges, queues and dead-letter queues."""
 
 
 @topology.command("apply")
@@ -58,19 +60,26 @@ def topology_apply() -> None:
     click.echo(f"declared {len(declared)} entities: {', '.join(declared)}")
 
 
+def passive_check(connection: Connection) -> list[str]:
+    """Passively declare every queue on RabbitMQ, a line each; return the missing ones."""
+    missing = []
+    for queue in (*TASK_QUEUES, *DEAD_LETTER_QUEUES):
+        try:
+            with connection.channel() as channel:
+                _, ready, consumers = channel.queue_declare(queue.name, passive=True)  # type: ignore[attr-defined]
+            click.echo(f"ok      {queue.name:<16} ready={ready:<6} consumers={consumers}")
+        except Exception as exc:
+            missing.append(queue.name)
+            click.echo(f"MISSING {queue.name:<16} {exc}")
+    return missing
+
+
 @topology.command("check")
 def topology_check() -> None:
-    """Check that every queue exists with the declared arguments (passive declares)."""
-    missing = []
-    with rabbitmq_connection(get_settings(), "topology check") as connection:
-        for queue in (*TASK_QUEUES, *DEAD_LETTER_QUEUES):
-            try:
-                with connection.channel() as channel:
-                    _, ready, consumers = channel.queue_declare(queue.name, passive=True)  # type: ignore[attr-defined]
-                click.echo(f"ok      {queue.name:<16} ready={ready:<6} consumers={consumers}")
-            except Exception as exc:
-                missing.append(queue.name)
-                click.echo(f"MISSING {queue.name:<16} {exc}")
+    """Check every queue: declared with its arguments on RabbitMQ, bound on Redis."""
+    with broker_connection(get_settings()) as connection:
+        check = redis_queues.check_topology if is_redis(connection) else passive_check
+        missing = check(connection)
     if missing:
         raise click.ClickException(f"{len(missing)} queue(s) missing: run `magnetiq topology apply`")
 

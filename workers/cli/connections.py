@@ -10,13 +10,15 @@ import click
 from kombu import Connection
 from sqlalchemy.exc import OperationalError
 
-from app.settings import Settings, get_settings, mask_url
+from app.celery_app import REDIS_TRANSPORTS
+from app.settings import Settings, broker_scheme, get_settings, mask_url
 
-Service = Literal["rabbitmq", "postgresql"]
+Service = Literal["rabbitmq", "redis", "postgresql"]
 
 #: Each service's name in messages, the setting that points at it, and what to run when it is down.
 START_HINTS: dict[Service, tuple[str, str, str]] = {
     "rabbitmq": ("RabbitMQ", "CELERY_BROKER_URL", "start it with `rabbitmq-server -detached`"),
+    "redis": ("Redis", "CELERY_BROKER_URL", "start it with `redis-server --daemonize yes`"),
     "postgresql": (
         "PostgreSQL",
         "DATABASE_URL",
@@ -43,11 +45,17 @@ class ServiceDown(click.ClickException):
 
 def broker_connection(settings: Settings) -> Connection:
     """Connect to the broker once, failing fast with a clear error."""
-    connection = Connection(settings.celery_broker_url, connect_timeout=5, ssl=settings.broker_ssl or False)
+    connection = Connection(
+        settings.celery_broker_url,
+        connect_timeout=5,
+        ssl=settings.broker_ssl or False,
+        transport=REDIS_TRANSPORTS.get(broker_scheme(settings.celery_broker_url) or ""),
+    )
     try:
         connection.ensure_connection(max_retries=1, timeout=5)
     except Exception as exc:
-        raise ServiceDown("rabbitmq", settings.celery_broker_url, exc) from exc
+        service: Service = "rabbitmq" if settings.broker == "amqp" else "redis"
+        raise ServiceDown(service, settings.celery_broker_url, exc) from exc
     return connection
 
 
@@ -58,22 +66,3 @@ def database_errors(url: str | None = None) -> Iterator[None]:
         yield
     except (OperationalError, ConnectionError) as exc:
         raise ServiceDown("postgresql", url or get_settings().database_url, exc) from exc
-
-
-class RabbitMQOnly(click.ClickException):
-    """A command that reads RabbitMQ's queues, asked of a Redis broker: say so, and what to use."""
-
-    exit_code = 2
-
-    def __init__(self, command: str) -> None:
-        super().__init__(
-            f"`magnetiq {command}` reads RabbitMQ's queues; CELERY_BROKER_URL names Redis, whose "
-            "queues are lists: `redis-cli LLEN <queue>`, `redis-cli LRANGE <queue>.dlq 0 -1`"
-        )
-
-
-def rabbitmq_connection(settings: Settings, command: str) -> Connection:
-    """``broker_connection`` for a command that reads RabbitMQ's queues (``RabbitMQOnly`` on Redis)."""
-    if settings.broker != "amqp":
-        raise RabbitMQOnly(command)
-    return broker_connection(settings)

@@ -1,4 +1,4 @@
-"""Dead-letter queues: replay to the work queue and purge; reading is ``app.maintenance.dead_letters``.
+"""Dead-letter queues on RabbitMQ: replay and purge; reading is ``app.maintenance.dead_letters``.
 
 Reading (``peek``, re-exported here) leaves every message in place: it is the
 same reader the maintenance report uses, returning messages with
@@ -10,6 +10,7 @@ dead-lettering headers (``x-death``, ``x-first-death-*``, ``x-last-death-*``,
 ``x-delivery-count``) so a new failure dead-letters afresh, and with
 ``magnetiq-replays`` counting the replays. The DLQ copy is acked only after
 the broker confirmed the new one (at least once: never lost, at worst twice).
+On a Redis broker, ``workers.cli.redis_queues`` replays and purges instead.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "peek",
     "purge",
     "replay",
+    "replay_headers",
     "replay_message",
     "replay_route",
 ]
@@ -62,14 +64,20 @@ def dlq_name(queue: str) -> str:
     raise ValueError(f"{queue!r} is not a fleet queue; one of {choices} (or their .dlq)")
 
 
-def replay_message(dead: DeadLetter) -> Message:
-    """The copy to publish: same body, properties and headers, without the death headers."""
+def replay_headers(dead: DeadLetter) -> dict[str, Any]:
+    """The replayed copy's headers: the message's own, without the death headers, one more replay."""
     headers = {
         key: value
         for key, value in dead.headers.items()
         if key not in DEATH_HEADERS and not key.startswith(DEATH_PREFIXES)
     }
     headers[REPLAYS_HEADER] = int(dead.headers.get(REPLAYS_HEADER, 0)) + 1
+    return headers
+
+
+def replay_message(dead: DeadLetter) -> Message:
+    """The copy to publish: same body, properties and headers, without the death headers."""
+    headers = replay_headers(dead)
     properties = {key: value for key, value in dead.properties.items() if key != "expiration"}
     properties["delivery_mode"] = 2
     return Message(dead.body, application_headers=headers, **properties)

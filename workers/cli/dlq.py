@@ -1,4 +1,7 @@
-"""``magnetiq dlq list|show|replay|purge``: the dead-letter queues from the command line."""
+"""``magnetiq dlq list|show|replay|purge``: the dead-letter queues from the command line.
+
+On RabbitMQ a DLQ is a quorum queue; on Redis, the list ``<queue>.dlq``.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,11 @@ from typing import Any
 
 import click
 
+from app.maintenance.dead_letters import is_redis
 from app.settings import get_settings
-from workers.cli.connections import rabbitmq_connection
-from workers.cli.dead_letters import DeadLetter, ReplayError, dlq_name, peek, purge, replay
+from workers.cli import dead_letters, redis_queues
+from workers.cli.connections import broker_connection
+from workers.cli.dead_letters import DeadLetter, ReplayError, dlq_name, peek
 from workers.cli.fleet import duration
 
 
@@ -55,7 +60,7 @@ def dlq() -> None:
 @limit_option
 def dlq_list(queue: str, limit: int) -> None:
     """List the messages of a DLQ, head first, leaving them all in place."""
-    with rabbitmq_connection(get_settings(), "dlq list") as connection:
+    with broker_connection(get_settings()) as connection:
         found = peek(connection, queue, limit)
     click.echo(f"{'task id':<36} {'task':<45} {'died in':<12} {'reason':<15} {'n':>3} {'ago':>9}")
     for dead in found:
@@ -69,7 +74,7 @@ def dlq_list(queue: str, limit: int) -> None:
 @limit_option
 def dlq_show(queue: str, task_id: str, limit: int) -> None:
     """Show one message of a DLQ (headers, properties, arguments) by task id, leaving it in place."""
-    with rabbitmq_connection(get_settings(), "dlq show") as connection:
+    with broker_connection(get_settings()) as connection:
         found = [dead for dead in peek(connection, queue, limit) if dead.task_id == task_id]
     if not found:
         raise click.ClickException(f"{task_id} is not among the first {limit} messages of {queue}")
@@ -92,9 +97,10 @@ def dlq_replay(
     def selected(dead: DeadLetter) -> bool:
         return (not task_ids or dead.task_id in task_ids) and (not task_names or dead.task in task_names)
 
-    with rabbitmq_connection(get_settings(), "dlq replay") as connection:
+    with broker_connection(get_settings()) as connection:
         try:
-            done = replay(connection, queue, limit=limit, select=selected, dry_run=dry_run)
+            mover = redis_queues.replay if is_redis(connection) else dead_letters.replay
+            done = mover(connection, queue, limit=limit, select=selected, dry_run=dry_run)
         except ReplayError as exc:
             raise click.ClickException(f"{exc}; nothing after it was replayed") from exc
     verb = "would replay" if dry_run else "replayed"
@@ -110,6 +116,6 @@ def dlq_purge(queue: str, yes: bool) -> None:
     """Delete every message of a DLQ (asks first)."""
     if not yes:
         click.confirm(f"Delete every message in {queue}?", abort=True)
-    with rabbitmq_connection(get_settings(), "dlq purge") as connection:
-        deleted = purge(connection, queue)
+    with broker_connection(get_settings()) as connection:
+        deleted = (redis_queues.purge if is_redis(connection) else dead_letters.purge)(connection, queue)
     click.echo(f"purged {deleted} message(s) from {queue}")

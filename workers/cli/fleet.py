@@ -13,13 +13,15 @@ from celery.exceptions import QueueNotFound
 from app import contracts
 from app.celery_app import celery_app
 from app.db import engine_for
+from app.maintenance.dead_letters import is_redis
 from app.producer import publish as publish_task
 from app.producer import send
 from app.settings import get_settings
 from routing import names
 from routing.routes import queue_for
+from workers.cli import redis_queues
 from workers.cli.capacity import measure, workers_needed
-from workers.cli.connections import broker_connection, database_errors, rabbitmq_connection
+from workers.cli.connections import broker_connection, database_errors
 from workers.cli.queue_stats import ManagementAPI, QueueStats, passive_counts, read_stats
 from workers.profiles import PROFILES
 
@@ -35,6 +37,8 @@ def duration(seconds: float | None) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+#: Seconds ``capacity`` waits for workers on Redis to say which queues they consume.
+PING_SECONDS = 2.0
 #: Column titles of ``magnetiq status``, aligned with ``status_line``.
 STATUS_HEADER = f"{'queue':<12} {'ready':>7} {'unacked':>7} {'consumers':>9} {'dlq':>6} {'dlq oldest':>10}"
 
@@ -54,17 +58,24 @@ def status_line(stats: QueueStats) -> str:
 def status(no_management: bool, ping_timeout: float) -> None:
     """Per queue: ready, unacked, consumers, DLQ depth and oldest DLQ message; workers online."""
     settings = get_settings()
-    api = None if no_management else ManagementAPI.from_settings(settings)
-    with rabbitmq_connection(settings, "status") as connection:
-        try:
-            stats, problem = read_stats(connection, api)
-        except NotFound as exc:
-            raise click.ClickException(f"{exc.reply_text}: run `magnetiq topology apply`") from exc
+    api = None if no_management or settings.broker == "redis" else ManagementAPI.from_settings(settings)
+    with broker_connection(settings) as connection:
+        if is_redis(connection):
+            stats, problem = redis_queues.read_stats(connection, ping_timeout), None
+        else:
+            try:
+                stats, problem = read_stats(connection, api)
+            except NotFound as exc:
+                raise click.ClickException(f"{exc.reply_text}: run `magnetiq topology apply`") from exc
         replies = celery_app.control.ping(timeout=ping_timeout, connection=connection) or []
     click.echo(STATUS_HEADER)
     for row in stats:
         click.echo(status_line(row))
-    if api is None:
+    if settings.broker == "redis":
+        click.echo(
+            "on Redis: unacked = held by workers (kombu's unacked hash); consumers = workers that answered"
+        )
+    elif api is None:
         click.echo("unacked unknown: management API not asked (--no-management)")
     elif problem:
         click.echo(f"unacked unknown: {problem}; enable rabbitmq_management or set RABBITMQ_MANAGEMENT_URL")
@@ -139,8 +150,12 @@ def capacity(
     the queue has a backlog (workers busy), or the figure is a lower bound.
     """
     settings = get_settings()
-    with rabbitmq_connection(settings, "capacity") as connection:
-        ready, consumers = passive_counts(connection, queue)
+    with broker_connection(settings) as connection:
+        if is_redis(connection):
+            (row,) = [row for row in redis_queues.read_stats(connection, PING_SECONDS) if row.name == queue]
+            ready, consumers = row.ready, row.consumers
+        else:
+            ready, consumers = passive_counts(connection, queue)
     if per_worker is None:
         since = datetime.now(UTC) - timedelta(minutes=window)
         default_queue = str(celery_app.conf.task_default_queue)
