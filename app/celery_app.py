@@ -16,6 +16,8 @@ REDIS_TRANSPORTS = {
     "rediss": "routing.redis_transport:Transport",
     "sentinel": "routing.redis_transport:SentinelTransport",
 }
+#: The result backend class, by whether results are stored in Redis (else PostgreSQL).
+RESULT_BACKENDS = {False: "app.result_backend:PostgresBackend", True: "app.redis_results:RedisResults"}
 #: Task modules, imported by workers only: producers publish by name.
 TASK_MODULES = (
     "app.tasks.email_tasks",
@@ -39,8 +41,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 5,  # default 4; bounded either way
         "broker_heartbeat": 30,  # default 120: notice a dead broker sooner
-        "result_backend": f"app.result_backend:PostgresBackend+{settings.result_backend_url}",
-        "result_backend_transport_options": {"synchronous_commit": settings.result_synchronous_commit},
+        "result_backend": f"{RESULT_BACKENDS[settings.results_in_redis]}+{settings.result_backend_url}",
+        "result_backend_transport_options": (
+            {} if settings.results_in_redis else {"synchronous_commit": settings.result_synchronous_commit}
+        ),
         "result_backend_always_retry": True,  # ride out a database restart
         "result_backend_max_retries": 10,
         "result_expires": settings.result_expires,
@@ -99,7 +103,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def create_celery(settings: Settings) -> Celery:
     """Build the fleet's Celery app from settings."""
     app = Celery("magnetiq", include=list(TASK_MODULES), set_as_current=True)
-    app.conf.update(celery_config(settings))
+    config = celery_config(settings)
+    app.conf.update(config)
+    # Celery reads CELERY_RESULT_BACKEND from the environment over any configuration
+    # (celery.app.utils.Settings.result_backend): the fleet's own setting of that name,
+    # a bare postgresql:// or redis:// URL, would pick Celery's backend for its scheme.
+    # The backend class set on the app comes first.
+    app.backend_cls = config["result_backend"]
     # send_task publishes each task-sent event through this dispatcher, which
     # declares the event exchange first (celery/events/dispatcher.py, _publish:
     # declare=[exchange]) and quietly buffers the event when that is refused. A

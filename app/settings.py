@@ -42,6 +42,8 @@ BROKER_SCHEMES: dict[str, BrokerKind] = {
 }
 #: Broker URL prefixes that speak TLS.
 TLS_SCHEMES = ("amqps://", "rediss://")
+#: Result backend URLs Celery's Redis backend takes (``CELERY_RESULT_BACKEND``).
+REDIS_RESULT_SCHEMES = ("redis://", "rediss://")
 
 
 def broker_scheme(url: str) -> str | None:
@@ -104,7 +106,8 @@ class Settings(BaseSettings):
     broker_tls_cert_file: str | None = None
     broker_tls_key_file: str | None = None
     database_url: str = "postgresql://postgres@127.0.0.1:5432/magnetiq"
-    #: Defaults to ``database_url``.
+    #: Defaults to ``database_url``; a ``redis://`` or ``rediss://`` URL stores results
+    #: with Celery's Redis backend instead (``app.redis_results``).
     celery_result_backend: str | None = None
     #: RabbitMQ management API for ``magnetiq status`` (unacked counts); unset: the broker's host, port 15672.
     rabbitmq_management_url: str | None = None
@@ -196,10 +199,20 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("database_url", "celery_result_backend")
+    @field_validator("database_url")
     @classmethod
-    def _postgres_only(cls, value: str | None) -> str | None:
-        return None if value is None else sqlalchemy_url(value)
+    def _postgres_only(cls, value: str) -> str:
+        return sqlalchemy_url(value)
+
+    @field_validator("celery_result_backend")
+    @classmethod
+    def _postgres_or_redis(cls, value: str | None) -> str | None:
+        if value is None or value.startswith(REDIS_RESULT_SCHEMES):
+            return value
+        try:
+            return sqlalchemy_url(value)
+        except ValueError as exc:
+            raise ValueError(f"{exc}, or a redis:// or rediss:// URL") from None
 
     @model_validator(mode="after")
     def _limits_and_secrets(self) -> Settings:
@@ -284,8 +297,13 @@ class Settings(BaseSettings):
 
     @property
     def result_backend_url(self) -> str:
-        """The PostgreSQL URL results are stored in."""
+        """The URL results are stored in: PostgreSQL (by default the domain database) or Redis."""
         return self.celery_result_backend or self.database_url
+
+    @property
+    def results_in_redis(self) -> bool:
+        """Whether results are stored with Celery's Redis backend rather than in PostgreSQL."""
+        return self.result_backend_url.startswith(REDIS_RESULT_SCHEMES)
 
     def describe(self) -> dict[str, str]:
         """Return the connection settings with every secret masked, for logs."""

@@ -6,7 +6,8 @@ same, and a slow or stalled broker holds a pool thread, never the event loop.
 ``wait_result`` waits for a task's result on the loop itself: one PostgreSQL
 connection per event loop ``LISTEN``s for the ``NOTIFY`` the result backend
 sends with a stored row someone waits for, with a read every ``interval`` as
-a backstop (and polling alone where ``NOTIFY`` cannot reach this process).
+a backstop (and polling alone where ``NOTIFY`` cannot reach this process, or
+results are stored in Redis).
 
     from app.producer import aio
 
@@ -138,7 +139,9 @@ _listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Listener] = we
 
 async def _listener() -> _Listener | None:
     """This loop's listener, started on first use; None where NOTIFY cannot reach this process."""
-    backend = _backend()
+    backend = celery_app.backend
+    if not isinstance(backend, PostgresBackend):
+        return None  # results in Redis (``app.redis_results``): read every ``interval``
     if backend.notify_works is None:
         await _run(backend.listener)  # the first wait in this process checks that NOTIFY reaches it
     if backend.notify_works is False:
@@ -170,13 +173,14 @@ async def wait_result(
     Raises:
         celery.exceptions.TimeoutError: ``timeout`` seconds passed first.
     """
-    backend = _backend()
+    backend = celery_app.backend
     read = functools.partial(_run, backend.get_task_meta, task_id)
     deadline = None if timeout is None else time.monotonic() + timeout
     meta = await read()
     listener = None if meta["status"] in states.READY_STATES else await _listener()
     future: asyncio.Future[None] | None = None
     if listener is not None:
+        assert isinstance(backend, PostgresBackend)  # only it announces stored results
         await _run(backend.register_waiter, [task_id], listener.waiter)
     try:
         while meta["status"] not in states.READY_STATES:
@@ -198,17 +202,12 @@ async def wait_result(
             meta = await read()
     finally:
         if listener is not None:
+            assert isinstance(backend, PostgresBackend)
             listener.waits.pop(task_id, None)
             await _run(backend.unregister_waiter, [task_id], listener.waiter)
     if propagate and meta["status"] in states.PROPAGATE_STATES:
         raise meta["result"]  # the task's exception, as the backend decoded it
     return meta["result"]
-
-
-def _backend() -> PostgresBackend:
-    backend = celery_app.backend
-    assert isinstance(backend, PostgresBackend), "the fleet's result backend"
-    return backend
 
 
 async def _run(function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:

@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         title = heading(started, datetime.now(UTC))
         record(results, title, [*probes, run_line, "", *lines])
         log(f"bench: run appended to {results}")
-        if results == RESULTS:  # the project's own record: the manual shows its latest figures
+        if results == RESULTS:  # the project's own record: the bench runbook shows its latest figures
             show_latest(README, title, lines)
             log(f"bench: latest figures written to {README}")
     if args.json:

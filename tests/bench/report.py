@@ -183,8 +183,8 @@ def record(path: Path, heading: str, lines: list[str]) -> None:
         out.write("\n".join(["", f"## {heading}", "", *lines]) + "\n")
 
 
-#: The manual shows the latest run's figures between these markers, rewritten by each recorded run.
-README = ROOT / "README.md"
+#: The bench's runbook shows the latest run's figures between these markers, rewritten by each recorded run.
+README = Path(__file__).with_name("README.md")
 LATEST_START, LATEST_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 

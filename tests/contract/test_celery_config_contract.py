@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
-from app.celery_app import celery_config
+from app.celery_app import celery_app, celery_config, create_celery
+from app.redis_results import RedisResults
+from app.result_backend import PostgresBackend
 from app.settings import Settings
 from routing.topology import TASK_QUEUES
 
@@ -85,3 +87,33 @@ def test_results_store_no_arguments_unless_asked(config: dict[str, Any]) -> None
     # then extended results (which would keep arguments, i.e. personal data) are off
     assert config["result_extended"] is False
     assert config["result_backend"].startswith("app.result_backend:PostgresBackend+postgresql+psycopg2://")
+
+
+@pytest.mark.parametrize(
+    ("url", "backend"),
+    [
+        ("postgresql://app@127.0.0.1:5432/results", PostgresBackend),
+        ("redis://127.0.0.1:6379/0", RedisResults),
+        ("rediss://127.0.0.1:6380/0?ssl_cert_reqs=required", RedisResults),
+    ],
+)
+def test_the_result_backend_setting_picks_the_fleets_backend(
+    monkeypatch: pytest.MonkeyPatch, url: str, backend: type[Any]
+) -> None:
+    # given CELERY_RESULT_BACKEND in the environment, which Celery itself reads over its configuration
+    monkeypatch.setenv("CELERY_RESULT_BACKEND", url)
+
+    # when the app is built from the settings, then its backend is the fleet's for that URL
+    app = create_celery(Settings())
+    try:
+        assert type(app.backend) is backend
+    finally:
+        app.close()
+        celery_app.set_current()  # the new app made itself current
+
+
+def test_a_result_backend_that_is_neither_postgresql_nor_redis_is_refused() -> None:
+    with pytest.raises(
+        ValueError, match=r"expected a postgresql:// URL, got scheme 'mongodb', or a redis://"
+    ):
+        Settings(celery_result_backend="mongodb://127.0.0.1/results")

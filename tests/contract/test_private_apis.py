@@ -1,11 +1,12 @@
 """Contract: the private Celery and py-amqp APIs the fleet relies on are still there, and pinned.
 
-Three places reach below the public API: ``app/publisher.py``
+Four places reach below the public API: ``app/publisher.py``
 (``enqueue_many`` hands py-amqp pre-serialised message properties and
 publishes with ``send_method``) and ``workers/consumer.py`` (the green-pool
 loop's event drain), because the bench shows they pay; and
 ``routing/redis_transport.py`` (a rejected message moves from kombu's unacked
-hash to its dead-letter list), because kombu's Redis transport would drop it.
+hash to its dead-letter list), because kombu's Redis transport would drop it;
+and ``app/redis_results.py`` (a task's own result expiry on Celery's Redis backend).
 An upgrade that changes what they rely on must fail here, naming the API, before it fails in production.
 """
 
@@ -20,6 +21,8 @@ import amqp
 import pytest
 from amqp import method_framing
 from amqp.channel import Channel
+from celery.backends.base import KeyValueStoreBackend
+from celery.backends.redis import RedisBackend
 from celery.worker import loops
 from kombu.transport import redis
 from packaging.specifiers import SpecifierSet
@@ -100,3 +103,19 @@ def test_kombus_redis_channel_still_restores_each_message_through_one_hook() -> 
         "kombu's Redis QoS.restore_unacked changed: routing.redis_transport leaves its restores uncounted"
     )
     assert hasattr(redis.Channel, "_disconnect_pools"), "kombu's Redis Channel._disconnect_pools is gone"
+
+
+def test_celerys_redis_result_backend_still_stores_through_set_with_state() -> None:
+    # given Celery's Redis backend, then a result is stored by _store_result through
+    # _set_with_state(key, value, state), and set() takes the key's expiry: app.redis_results
+    # sets a task's own result_expires there
+    assert "_set_with_state(" in inspect.getsource(KeyValueStoreBackend._store_result)
+    assert list(inspect.signature(RedisBackend._set_with_state).parameters) == [
+        "self",
+        "key",
+        "value",
+        "state",
+    ]
+    assert "expires" in inspect.signature(RedisBackend.set).parameters, (
+        "celery's RedisBackend.set no longer takes expires: app.redis_results sets per-task expiry with it"
+    )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from celery import chain, chord, group
+from celery import Celery, chain, chord, group
 from kombu.utils.uuid import uuid
 
 from app import producer
@@ -69,12 +69,15 @@ def many(user: str, count: int) -> list[dict[str, str]]:
     return [{"user_email": f"{user}{i}@example.com", "user_name": user.title()} for i in range(1, count + 1)]
 
 
-def assert_every_call_ran(published: dict[str, Any], sink: Any) -> None:
-    """Each call was taken, each task succeeded (a delayed one no earlier than asked), each email sent."""
+def assert_every_call_ran(published: dict[str, Any], sink: Any, app: Celery = celery_app) -> None:
+    """Each call was taken, each task succeeded (a delayed one no earlier than asked), each email sent.
+
+    Results are read through ``app`` (the fleet's, or one whose backend is where the workers store them).
+    """
     assert {name: call["error"] for name, call in published.items() if "error" in call} == {}
     for name, call in published.items():
         for task_id in call["ids"]:
-            result = celery_app.AsyncResult(task_id)
+            result = app.AsyncResult(task_id)
             result.get(timeout=60)
             assert result.status == "SUCCESS", (name, result.status)
             if call["not_before"]:

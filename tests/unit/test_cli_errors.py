@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import psycopg2
 import pytest
+from click.testing import CliRunner
 from sqlalchemy.exc import OperationalError
 
+from app.settings import get_settings
+from workers.cli import fleet, main
 from workers.cli.connections import START_HINTS, ServiceDown, database_errors
 
 
@@ -42,3 +47,21 @@ def test_a_database_error_in_the_block_becomes_service_down_with_the_driver_reas
         "PostgreSQL is not reachable at postgresql://app:***@db:5432/magnetiq (connection refused)"
     )
     assert raised.value.__cause__ is cause
+
+
+def test_capacity_asks_for_per_worker_when_results_are_in_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given results stored in Redis, where there are no result rows to measure throughput from
+    monkeypatch.setenv("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/0")
+    monkeypatch.setattr(fleet, "broker_connection", lambda _settings: nullcontext())
+    monkeypatch.setattr(fleet, "passive_counts", lambda _connection, _queue: (0, 1))
+    monkeypatch.setattr(fleet, "is_redis", lambda _connection: False)
+    get_settings.cache_clear()
+    try:
+        # when capacity is asked to measure
+        result = CliRunner().invoke(main, ["capacity", "booking", "--target", "9"])
+    finally:
+        get_settings.cache_clear()
+
+    # then it says why it cannot, and what to pass instead
+    assert result.exit_code == 1
+    assert "result rows in PostgreSQL" in result.output and "--per-worker" in result.output

@@ -156,6 +156,11 @@ def capacity(
             ready, consumers = row.ready, row.consumers
         else:
             ready, consumers = passive_counts(connection, queue)
+    if per_worker is None and settings.results_in_redis:
+        raise click.ClickException(
+            f"{queue}: throughput is measured from the result rows in PostgreSQL, and "
+            "CELERY_RESULT_BACKEND names Redis: pass --per-worker"
+        )
     if per_worker is None:
         since = datetime.now(UTC) - timedelta(minutes=window)
         default_queue = str(celery_app.conf.task_default_queue)
