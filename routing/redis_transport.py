@@ -149,8 +149,33 @@ class DeliveryLimit:
         kombu disconnects the channel's pools before the restore, which opens a new one
         and leaves its socket open.
         """
-        super().close()  # type: ignore[misc]
-        self._disconnect_pools()  # type: ignore[attr-defined]  # kombu's, pinned
+        try:
+            super().close()  # type: ignore[misc]
+        finally:
+            self._disconnect_pools()  # type: ignore[attr-defined]  # kombu's, pinned
+
+
+class OutlivesItsConnection:
+    """A channel that can still reach Redis after its connection was lost and collected.
+
+    On a lost connection Celery collects the kombu connection (its transport's
+    ``client`` becomes None), then closes it: the channel's close hands back
+    the messages it holds and, later, tasks still running ack theirs, and both
+    build their Redis client from that ``client``. kombu then raised
+    ``AttributeError``, which stopped the worker with an "Unrecoverable error"
+    and left the acks undone. Here the channel keeps the connection parameters
+    it first built and uses them once the connection is gone.
+    """
+
+    _kept_connparams: dict[bool, dict[str, Any]]
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        kept = self.__dict__.setdefault("_kept_connparams", {})
+        if self.connection.client is None and asynchronous in kept:  # type: ignore[attr-defined]
+            return dict(kept[asynchronous])
+        params: dict[str, Any] = super()._connparams(asynchronous)  # type: ignore[misc]
+        kept[asynchronous] = dict(params)
+        return params
 
 
 class FleetRouting:
@@ -188,7 +213,7 @@ class FleetRouting:
         return queues
 
 
-class Channel(DeliveryLimit, FleetRouting, redis.Channel):
+class Channel(OutlivesItsConnection, DeliveryLimit, FleetRouting, redis.Channel):
     """kombu's Redis channel with the fleet's routing, delivery limit and dead-lettering ``QoS``."""
 
     QoS = QoS
@@ -200,7 +225,7 @@ class Transport(redis.Transport):
     Channel = Channel
 
 
-class SentinelChannel(DeliveryLimit, FleetRouting, redis.SentinelChannel):
+class SentinelChannel(OutlivesItsConnection, DeliveryLimit, FleetRouting, redis.SentinelChannel):
     """kombu's Sentinel channel with the fleet's routing, delivery limit and dead-lettering ``QoS``."""
 
     QoS = QoS

@@ -1,5 +1,7 @@
 """Fault-harness fixtures: a private RabbitMQ node and PostgreSQL cluster, once per session.
 
+The Redis cases (``redis_chaos``) add a private Redis server of their own, one per case.
+
 The ports are chosen when this module is imported, before the fleet's settings
 are read, so the producer in this process and every worker it starts talk to the
 private servers only.
@@ -13,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -32,6 +35,8 @@ os.environ["CHAOS_LEDGER_DSN"] = POSTGRES.url(DATABASE)
 
 from app.celery_app import celery_app  # noqa: E402
 from tests.chaos.harness import Chaos, Report, render  # noqa: E402
+from tests.chaos.redis_harness import RedisChaos  # noqa: E402
+from tests.support.redis_server import RedisServer  # noqa: E402
 
 REPORTS: list[Report] = []
 
@@ -61,6 +66,19 @@ def services() -> Iterator[tuple[RabbitNode, PostgresCluster]]:
         shutil.rmtree(BASE, ignore_errors=True)
 
 
+H = TypeVar("H", bound=Chaos)
+
+
+def _case(harness: H) -> Iterator[H]:
+    """Run one case on ``harness``: reset first; stop its workers and keep its report after."""
+    harness.reset()
+    try:
+        yield harness
+    finally:
+        harness.close()
+        REPORTS.extend(harness.reports)
+
+
 @pytest.fixture
 def chaos(services: tuple[RabbitNode, PostgresCluster], tmp_path: Path) -> Iterator[Chaos]:
     """A fresh case: empty queues and tables; its workers are stopped and its table kept afterwards.
@@ -72,13 +90,20 @@ def chaos(services: tuple[RabbitNode, PostgresCluster], tmp_path: Path) -> Itera
     """
     rabbit, postgres = services
     with running_provider() as provider:
-        harness = Chaos(rabbit, postgres, DATABASE, tmp_path, provider)
-        harness.reset()
-        try:
-            yield harness
-        finally:
-            harness.close()
-            REPORTS.extend(harness.reports)
+        yield from _case(Chaos(rabbit, postgres, DATABASE, tmp_path, provider))
+
+
+@pytest.fixture
+def redis_chaos(services: tuple[RabbitNode, PostgresCluster], tmp_path: Path) -> Iterator[RedisChaos]:
+    """A fresh case on the Redis broker: its own private Redis (AOF on), empty tables, its own provider."""
+    rabbit, postgres = services
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        with running_provider() as provider:
+            yield from _case(RedisChaos(server, rabbit, postgres, DATABASE, tmp_path, provider))
+    finally:
+        server.stop()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

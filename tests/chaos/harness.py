@@ -225,17 +225,21 @@ class Chaos:
 
     def reset(self) -> None:
         """Declare the topology, empty every queue and every table the cases use."""
-        with self.broker() as connection:
-            declare_topology(connection)
-            with connection.channel() as channel:
-                for queue in ALL_QUEUES:
-                    channel.queue_purge(queue)
+        self.reset_broker()
         with self.engine.begin() as db:
             tables = (
                 "payments, task_results, task_outbox, chaos_executions, chaos_effects, email_deliveries, "
                 "periodic_runs, beat_leases, chord_counters, chord_parts, group_results"
             )
             db.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
+
+    def reset_broker(self) -> None:
+        """Declare the topology and empty every queue."""
+        with self.broker() as connection:
+            declare_topology(connection)
+            with connection.channel() as channel:
+                for queue in ALL_QUEUES:
+                    channel.queue_purge(queue)
 
     def close(self) -> None:
         """Stop this case's workers and connections."""

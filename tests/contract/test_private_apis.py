@@ -105,6 +105,17 @@ def test_kombus_redis_channel_still_restores_each_message_through_one_hook() -> 
     assert hasattr(redis.Channel, "_disconnect_pools"), "kombu's Redis Channel._disconnect_pools is gone"
 
 
+def test_kombus_redis_channel_still_builds_its_client_from_the_connection() -> None:
+    # given kombu's Redis channel, then _connparams(asynchronous) reads the kombu connection's
+    # client, which Celery sets to None when it collects a lost connection: routing.redis_transport
+    # keeps the parameters it first built for the restores and acks that come after
+    assert list(inspect.signature(redis.Channel._connparams).parameters) == ["self", "asynchronous"]
+    assert "self.connection.client" in inspect.getsource(redis.Channel._connparams), (
+        "kombu's Redis Channel._connparams no longer reads connection.client: "
+        "routing.redis_transport.OutlivesItsConnection may be unneeded or wrong"
+    )
+
+
 def test_celerys_redis_result_backend_still_stores_through_set_with_state() -> None:
     # given Celery's Redis backend, then a result is stored by _store_result through
     # _set_with_state(key, value, state), and set() takes the key's expiry: app.redis_results
