@@ -16,7 +16,8 @@ from typing import Any
 from kombu import Connection
 from sqlalchemy import create_engine, text
 
-from app.settings import sqlalchemy_url
+from app.celery_app import REDIS_TRANSPORTS
+from app.settings import broker_scheme, sqlalchemy_url
 from routing import declare_topology
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
 from tests.bench.cpu import CpuUse, cpu_since, snapshot
@@ -115,6 +116,33 @@ class Bench:
             env={"CELERY_BROKER_URL": self.redis_url},
         )
 
+    def fleet_on_redis(self, app: str, results_in_redis: bool) -> Target:
+        """A drain of the fleet's booking queue with the bench's Redis database as its broker.
+
+        Results go to PostgreSQL (the fleet's default) or, with
+        ``results_in_redis``, to the same Redis database, as the seed keeps them.
+        """
+        redis_results = RedisResults(self.redis_url)
+        env = {"CELERY_BROKER_URL": self.redis_url}
+        if results_in_redis:
+            env["CELERY_RESULT_BACKEND"] = self.redis_url
+        return Target(
+            app=app,
+            queue="booking",
+            routing_key="booking.bench",
+            results=redis_results if results_in_redis else TableResults(self.engine(), "task_results"),
+            depth=lambda: redis_results.depth("booking"),
+            env=env,
+            prepare=lambda: self.redis_topology(redis_results),
+        )
+
+    def redis_topology(self, database: RedisResults) -> None:
+        """Empty the bench's Redis database and declare the fleet's topology on it, as workers do."""
+        database.clear()
+        url = self.redis_url
+        with Connection(url, transport=REDIS_TRANSPORTS[broker_scheme(url) or ""], connect_timeout=5) as conn:
+            declare_topology(conn)
+
 
 @dataclass(frozen=True)
 class Target:
@@ -130,6 +158,8 @@ class Target:
     depth: Callable[[], int]
     #: Environment for the publisher and the worker, over ``Bench.env``.
     env: Mapping[str, str] = field(default_factory=dict)
+    #: Run before the queue is filled, after the results were cleared (a broker of its own to set up).
+    prepare: Callable[[], None] | None = None
 
 
 def read_stamp(path: Path) -> float:
@@ -229,6 +259,8 @@ def measure_drain(
     """
     bench.reset()
     target.results.clear()
+    if target.prepare is not None:
+        target.prepare()
     ready, done = bench.tmp / "ready", bench.tmp / "sentinel"
     for stamp in (ready, done):
         stamp.unlink(missing_ok=True)

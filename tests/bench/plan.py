@@ -39,6 +39,7 @@ SIZES = {
         "plain": 2000,
         "plain_quiet": 1000,
         "seed": 5000,
+        "fleet_redis": 5000,
         "gevent": 3000,
         "gevent_plain": 300,
         "publish": 20000,
@@ -57,6 +58,7 @@ SIZES = {
         "plain": 20,
         "plain_quiet": 20,
         "seed": 40,
+        "fleet_redis": 40,
         "gevent": 40,
         "gevent_plain": 10,
         "publish": 200,
@@ -102,6 +104,10 @@ def fleet_argv(profile: str) -> list[str]:
 
 
 Measure = Callable[[Bench], "float | Drain | Flow | Lag"]
+#: The fleet's booking profile with the seed's Redis as its broker (``CELERY_BROKER_URL=redis://``).
+_FLEET_REDIS = "fleet booking on Redis, results in PostgreSQL"
+#: ... and with ``CELERY_RESULT_BACKEND=redis://`` too: the seed's two URLs.
+_FLEET_REDIS_RESULTS = "fleet booking on Redis, results in Redis"
 #: The measurement behind the booking-flow rows (no baseline: an absolute figure).
 BOOKING_FLOW = "fleet booking flow"
 
@@ -124,6 +130,15 @@ def drains(size: dict[str, int]) -> dict[str, Measure]:
     def plain(argv: list[str], queue: str, n: int) -> Measure:
         return lambda b: measure_drain(b, argv, b.rabbit(PLAIN, queue, "plain_celery_taskmeta"), n)
 
+    def fleet_on_redis(results_in_redis: bool) -> Measure:
+        return lambda b: measure_drain(
+            b,
+            fleet,
+            b.fleet_on_redis(FLEET, results_in_redis),
+            size["fleet_redis"],
+            METRICS_PORT=str(free_port()),
+        )
+
     def seed(ignore_result: bool) -> Measure:
         return lambda b: measure_drain(b, seed_argv(), b.seed(), size["seed"], ignore_result=ignore_result)
 
@@ -135,6 +150,8 @@ def drains(size: dict[str, int]) -> dict[str, Measure]:
         "plain booking, stock db, quiet start": plain(quiet_booking, "booking", size["plain_quiet"]),
         "seed setup, Redis broker and results": seed(ignore_result=False),
         "seed setup, Redis, results ignored": seed(ignore_result=True),
+        _FLEET_REDIS: fleet_on_redis(results_in_redis=False),
+        _FLEET_REDIS_RESULTS: fleet_on_redis(results_in_redis=True),
         "fleet gevent, results": lambda b: measure_drain(
             b,
             fleet_argv("email"),
@@ -246,6 +263,9 @@ FIGURES = (
         None,
     ),
     Figure("booking drain, results stored", _FLEET, "fleet booking, results ignored", 0.75),
+    # A team moving off the seed's setup: the fleet on the same Redis, then with the same URLs.
+    Figure(_BOOKING + ", Redis broker", _FLEET_REDIS, "seed setup, Redis broker and results", None),
+    Figure(_BOOKING + ", Redis broker", _FLEET_REDIS_RESULTS, "seed setup, Redis broker and results", None),
     Figure(
         "no-op drain on gevent, results stored",
         "fleet gevent, results",

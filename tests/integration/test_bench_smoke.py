@@ -110,6 +110,8 @@ def test_bench_runs_every_figure_and_prints_the_table(
         "plain booking, stock db, quiet start",
         "seed setup, Redis broker and results",
         "seed setup, Redis, results ignored",
+        "fleet booking on Redis, results in PostgreSQL",
+        "fleet booking on Redis, results in Redis",
         "fleet gevent, results",
         "plain gevent, stock db backend",
     ], done.stderr
@@ -122,14 +124,14 @@ def test_bench_runs_every_figure_and_prints_the_table(
     )
     # each drain says where its CPU went and how busy the cores were, in the log and the table
     assert (
-        len(re.findall(r"; CPU us per item: worker main [\d,]+, worker children [\d,]+", done.stderr)) == 11
+        len(re.findall(r"; CPU us per item: worker main [\d,]+, worker children [\d,]+", done.stderr)) == 13
     )
     cpu_rows = [
         row
         for row in rows
         if re.fullmatch(r"\| .+ \| [\d,]+ \| [\d,]+ MiB( \| [\d,]+){5} \| \d+% \| [\d,]+ us \|", row)
     ]
-    assert len(cpu_rows) == 11, done.stdout
+    assert len(cpu_rows) == 13, done.stdout
     # the booking flow booked, charged and queued an email for every booking (the harness checks), and says so
     assert re.search(
         r"\] fleet booking flow +[\d,.]+ +20 bookings in [\d.]+s, [\d.]+ ms in PostgreSQL", done.stderr
