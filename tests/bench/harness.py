@@ -16,9 +16,9 @@ from typing import Any
 from kombu import Connection
 from sqlalchemy import create_engine, text
 
-from app.celery_app import REDIS_TRANSPORTS
-from app.settings import broker_scheme, sqlalchemy_url
+from app.settings import sqlalchemy_url
 from routing import declare_topology
+from routing.redis_transport import Transport
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
 from tests.bench.cpu import CpuUse, cpu_since, snapshot
 from tests.bench.results import RedisResults, Results, TableResults, check_results
@@ -139,9 +139,8 @@ class Bench:
     def redis_topology(self, database: RedisResults) -> None:
         """Empty the bench's Redis database and declare the fleet's topology on it, as workers do."""
         database.clear()
-        url = self.redis_url
-        with Connection(url, transport=REDIS_TRANSPORTS[broker_scheme(url) or ""], connect_timeout=5) as conn:
-            declare_topology(conn)
+        with Connection(self.redis_url, transport=Transport, connect_timeout=5) as connection:
+            declare_topology(connection)
 
 
 @dataclass(frozen=True)
