@@ -62,7 +62,7 @@ group_results = Table(
 )
 
 #: One row per chord: its header's size, how many header tasks were counted, and
-#: when the task that completed it published the body (``app.result_backend``).
+#: when the task that completed it published the body (``app.result_backend.chords``).
 chord_counters = Table(
     "chord_counters",
     metadata,

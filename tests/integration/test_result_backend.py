@@ -122,7 +122,7 @@ def test_cleanup_deletes_only_expired_rows_in_batches(
             text("UPDATE task_results SET date_done = :old WHERE task_id = ANY(:ids)"),
             {"old": old, "ids": ids[:25]},
         )
-    monkeypatch.setattr(result_backend, "CLEANUP_BATCH", 10)
+    monkeypatch.setattr(result_backend.expiry, "CLEANUP_BATCH", 10)
     # when cleanup runs
     deleted = backend.cleanup()
     # then exactly the expired rows are gone
@@ -165,7 +165,7 @@ def test_cleanup_deletes_a_task_s_rows_after_its_own_shorter_expiry(
     welcome_fresh = _stored(backend, database, SEND_WELCOME_EMAIL, own + 60)
     welcome_old = _stored(backend, database, SEND_WELCOME_EMAIL, backend.expires + 60)
     nameless_old = _stored(backend, database, None, backend.expires + 60)
-    monkeypatch.setattr(result_backend, "CLEANUP_BATCH", 2)
+    monkeypatch.setattr(result_backend.expiry, "CLEANUP_BATCH", 2)
 
     # when cleanup runs
     deleted = backend.cleanup()
