@@ -1,6 +1,8 @@
 """Fault-harness fixtures: a private RabbitMQ node and PostgreSQL cluster, once per session.
 
-The Redis cases (``redis_chaos``) add a private Redis server of their own, one per case.
+The Redis cases (``redis_chaos``) add a private Redis server of their own, one
+per case; the pooler cases (``pooler``) a private PgBouncer in front of the
+private PostgreSQL.
 
 The ports are chosen when this module is imported, before the fleet's settings
 are read, so the producer in this process and every worker it starts talk to the
@@ -36,6 +38,7 @@ os.environ["CHAOS_LEDGER_DSN"] = POSTGRES.url(DATABASE)
 from app.celery_app import celery_app  # noqa: E402
 from tests.chaos.harness import Chaos, Report, render  # noqa: E402
 from tests.chaos.redis_harness import RedisChaos  # noqa: E402
+from tests.support.pgbouncer import PgBouncer  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
 REPORTS: list[Report] = []
@@ -104,6 +107,19 @@ def redis_chaos(services: tuple[RabbitNode, PostgresCluster], tmp_path: Path) ->
             yield from _case(RedisChaos(server, rabbit, postgres, DATABASE, tmp_path, provider))
     finally:
         server.stop()
+
+
+@pytest.fixture
+def pooler(services: tuple[RabbitNode, PostgresCluster]) -> Iterator[PgBouncer]:
+    """A private PgBouncer in transaction mode in front of the private PostgreSQL, for one case."""
+    if shutil.which("pgbouncer") is None:
+        pytest.fail("the pooler cases need pgbouncer (Debian package pgbouncer)")
+    bouncer = PgBouncer(services[1].port)
+    bouncer.start()
+    try:
+        yield bouncer
+    finally:
+        bouncer.close()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
