@@ -2,7 +2,8 @@
 
 The Redis cases (``redis_chaos``) add a private Redis server of their own, one
 per case; the pooler cases (``pooler``) a private PgBouncer in front of the
-private PostgreSQL.
+private PostgreSQL; the cluster cases (``cluster_chaos``) a private
+three-node RabbitMQ cluster, started once for them.
 
 The ports are chosen when this module is imported, before the fleet's settings
 are read, so the producer in this process and every worker it starts talk to the
@@ -36,9 +37,11 @@ os.environ["DATABASE_URL"] = POSTGRES.url(DATABASE)
 os.environ["CHAOS_LEDGER_DSN"] = POSTGRES.url(DATABASE)
 
 from app.celery_app import celery_app  # noqa: E402
+from tests.chaos.cluster_harness import ClusterChaos  # noqa: E402
 from tests.chaos.harness import Chaos, Report, render  # noqa: E402
 from tests.chaos.redis_harness import RedisChaos  # noqa: E402
 from tests.support.pgbouncer import PgBouncer  # noqa: E402
+from tests.support.rabbit_cluster import RabbitCluster  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
 REPORTS: list[Report] = []
@@ -107,6 +110,30 @@ def redis_chaos(services: tuple[RabbitNode, PostgresCluster], tmp_path: Path) ->
             yield from _case(RedisChaos(server, rabbit, postgres, DATABASE, tmp_path, provider))
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(services: tuple[RabbitNode, PostgresCluster]) -> Iterator[RabbitCluster]:
+    """A private three-node RabbitMQ cluster, started once for the cluster cases; stopped by process id."""
+    nodes = RabbitCluster(BASE / "cluster")
+    try:
+        print(f"\nprivate three-node RabbitMQ cluster up in {nodes.start():.1f}s")
+        yield nodes
+    finally:
+        for name in list(nodes.frozen):
+            nodes.thaw(nodes.node(name))
+        nodes.stop()
+
+
+@pytest.fixture
+def cluster_chaos(
+    cluster: RabbitCluster, services: tuple[RabbitNode, PostgresCluster], tmp_path: Path
+) -> Iterator[ClusterChaos]:
+    """A fresh case on the cluster: every node up, empty queues and tables, its own provider."""
+    rabbit, postgres = services
+    cluster.await_all()
+    with running_provider() as provider:
+        yield from _case(ClusterChaos(cluster, rabbit, postgres, DATABASE, tmp_path, provider))
 
 
 @pytest.fixture

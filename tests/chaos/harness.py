@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from amqp.exceptions import AMQPError
+from celery import Celery
 from kombu import Connection
 from kombu.exceptions import KombuError
 from kombu.utils.uuid import uuid
@@ -189,6 +190,21 @@ def beat_role(beat: Worker) -> str | None:
 def signal_pid(pid: int, signum: int) -> None:
     """Signal one process the harness started (never by name)."""
     os.kill(pid, signum)
+
+
+def send_with(app: Celery, operation: Operation, **options: Any) -> None:
+    """Publish ``operation`` with ``app``'s ``send_task`` (the fleet's routes), retrying a failed connect.
+
+    The faults module's tasks have no route: they go to the booking queue.
+    """
+    if operation.task_name.startswith("tests."):
+        short = operation.task_name.rsplit(".", 1)[1]
+        options.update(queue=names.BOOKING, routing_key=names.routing_key(names.BOOKING, short))
+    retry_policy = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+    app.send_task(
+        operation.task_name, kwargs=operation.kwargs, task_id=operation.task_id, timeout=PUBLISH_TIMEOUT,
+        retry=True, retry_policy=retry_policy, **options,
+    )  # fmt: skip
 
 
 class Chaos:
@@ -387,6 +403,13 @@ class Chaos:
         """Every execution recorded so far (of operation ``op`` only, when given), oldest first."""
         return [e for e in read_executions(self.executions_dir) if op is None or e.op == op]
 
+    def midway(
+        self, operations: list[Operation], published: int, executed: int, timeout: float = 180
+    ) -> None:
+        """Wait until the producer confirmed ``published`` operations and workers started ``executed``."""
+        wait_for(lambda: self.published(operations) >= published, timeout, f"{published} confirmed publishes")
+        wait_for(lambda: self.executions() >= executed, timeout, f"{executed} task executions")
+
     def published(self, operations: list[Operation]) -> int:
         """Operations the broker confirmed so far."""
         return sum(o.confirmed for o in operations)
@@ -420,13 +443,7 @@ class Chaos:
                 timeout=PUBLISH_TIMEOUT,
             )
             return
-        short = operation.task_name.rsplit(".", 1)[1]
-        celery_app.send_task(
-            operation.task_name, kwargs=operation.kwargs, task_id=operation.task_id, queue=names.BOOKING,
-            routing_key=names.routing_key(names.BOOKING, short), timeout=PUBLISH_TIMEOUT,
-            confirm_timeout=PUBLISH_TIMEOUT, retry=True,
-            retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
-        )  # fmt: skip
+        send_with(celery_app, operation, confirm_timeout=PUBLISH_TIMEOUT)
 
     def produce(
         self, operations: list[Operation], copies: int = 1, interval: float = 0.0
@@ -617,4 +634,4 @@ class Chaos:
         return report
 
 
-__all__ = ["Chaos", "Operation", "Report", "beat_role", "faults", "render"]
+__all__ = ["Chaos", "Operation", "Report", "beat_role", "faults", "render", "send_with"]

@@ -25,7 +25,7 @@ from app.celery_app import celery_app, create_celery
 from app.settings import Settings
 from routing import declare_topology, names
 from routing.redis_transport import Transport
-from tests.chaos.harness import PUBLISH_TIMEOUT, WORK_QUEUES, Chaos, Operation, Worker
+from tests.chaos.harness import WORK_QUEUES, Chaos, Operation, Worker, send_with
 from tests.support.payment_provider import Ledger
 from tests.support.redis_server import RedisServer
 from tests.support.servers import PostgresCluster, RabbitNode
@@ -112,14 +112,5 @@ class RedisChaos(Chaos):
                     headers={"task": contracts.PROCESS_PAYMENT, "id": operation.task_id},
                 )  # fmt: skip
             return
-        options: dict[str, Any] = {}
-        if operation.task_name.startswith("tests."):  # the faults module's tasks: unrouted
-            short = operation.task_name.rsplit(".", 1)[1]
-            options = {"queue": names.BOOKING, "routing_key": names.routing_key(names.BOOKING, short)}
-        retry_policy = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
         with self.broker() as connection:
-            self.app.send_task(
-                operation.task_name, kwargs=operation.kwargs, task_id=operation.task_id,
-                connection=connection, timeout=PUBLISH_TIMEOUT, retry=True, retry_policy=retry_policy,
-                **options,
-            )  # fmt: skip
+            send_with(self.app, operation, connection=connection)

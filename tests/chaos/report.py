@@ -32,6 +32,8 @@ class Report:
     duplicate_deliveries: int = 0
     #: Charges the case's payment provider made (each payment must be charged exactly once).
     charges: int = 0
+    #: The longest time without a completed task after each fault: (p50, max), where a case times it.
+    recovery: tuple[float, float] | None = None
 
     @property
     def accounted(self) -> int:
@@ -61,6 +63,7 @@ COLUMNS = (
     ("dup effects", "duplicate_effects"), ("dup execs", "duplicate_executions"),
     ("dup deliveries", "duplicate_deliveries"), ("charges", "charges"),
     ("accounted", "accounted"), ("slowest publish", "slowest_publish"),
+    ("stall p50/max", "recovery"),
 )  # fmt: skip
 
 
@@ -75,6 +78,8 @@ def render(reports: Iterable[Report]) -> str:
                 value = f"{100 * value / max(report.operations, 1):.0f} %"
             elif attribute == "slowest_publish":
                 value = f"{value:.1f} s"
+            elif attribute == "recovery":
+                value = "-" if value is None else f"{value[0]:.1f} / {value[1]:.1f} s"
             row.append(str(value))
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]

@@ -7,9 +7,10 @@ import time
 from sqlalchemy.engine import make_url
 
 from tests.chaos.harness import Chaos
-from tests.chaos.test_server_faults import PACE, midway
 from tests.support.pgbouncer import PgBouncer
 
+#: Seconds between operations, so the producer is still publishing when the fault lands.
+PACE = 0.05
 #: The message a worker process logs when its result store falls back to plain statements.
 FELL_BACK = "did not outlive its transaction"
 
@@ -28,7 +29,7 @@ def test_pgbouncer_restarted_mid_run(chaos: Chaos, pooler: PgBouncer) -> None:
     operations = chaos.payments(200)
 
     def fault() -> None:
-        midway(chaos, operations, 60, 30)
+        chaos.midway(operations, 60, 30)
         pooler.stop()
         time.sleep(3)  # the outage: every client connection is cut
         pooler.start()
@@ -45,7 +46,7 @@ def test_postgresql_restarted_behind_pgbouncer(chaos: Chaos, pooler: PgBouncer) 
     operations = chaos.payments(200)
 
     def fault() -> None:
-        midway(chaos, operations, 60, 30)
+        chaos.midway(operations, 60, 30)
         chaos.postgres.restart()
 
     report = chaos.run("PostgreSQL restarted behind PgBouncer", operations, fault, interval=PACE)

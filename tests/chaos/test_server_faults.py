@@ -5,19 +5,13 @@ from __future__ import annotations
 import signal
 import time
 
-from tests.chaos.harness import Chaos, Operation
+from tests.chaos.harness import Chaos
 from tests.support.waiting import wait_until
 
 #: Seconds between operations, so the producer is still publishing when the fault lands.
 PACE = 0.05
 #: Seconds workers have to consume again once the broker is back.
 RESUME_WITHIN = 30
-
-
-def midway(chaos: Chaos, operations: list[Operation], published: int, executed: int) -> None:
-    """Wait until the producer confirmed ``published`` operations and workers started ``executed``."""
-    wait_until(lambda: chaos.published(operations) >= published, 120, f"{published} confirmed publishes")
-    wait_until(lambda: chaos.executions() >= executed, 120, f"{executed} task executions")
 
 
 def resumed(chaos: Chaos) -> None:
@@ -30,7 +24,7 @@ def test_rabbitmq_stopped_and_started_mid_run(chaos: Chaos) -> None:
     operations = chaos.payments(200)
 
     def fault() -> None:
-        midway(chaos, operations, 60, 30)
+        chaos.midway(operations, 60, 30)
         chaos.rabbit.stop_app()
         time.sleep(5)  # the outage
         chaos.rabbit.start_app()
@@ -46,7 +40,7 @@ def test_rabbitmq_killed_mid_run(chaos: Chaos) -> None:
     operations = chaos.payments(200)
 
     def fault() -> None:
-        midway(chaos, operations, 60, 30)
+        chaos.midway(operations, 60, 30)
         chaos.rabbit.kill()
         chaos.rabbit.start()
         resumed(chaos)
@@ -61,7 +55,7 @@ def test_rabbitmq_frozen_longer_than_the_heartbeat(chaos: Chaos) -> None:
     operations = chaos.payments(150)
 
     def fault() -> None:
-        midway(chaos, operations, 50, 25)
+        chaos.midway(operations, 50, 25)
         chaos.rabbit.signal(signal.SIGSTOP)
         time.sleep(70)  # over two 30 s heartbeats: connections are declared dead
         chaos.rabbit.signal(signal.SIGCONT)
@@ -76,7 +70,7 @@ def test_postgresql_restarted_mid_run(chaos: Chaos) -> None:
     operations = chaos.payments(200)
 
     def fault() -> None:
-        midway(chaos, operations, 60, 30)
+        chaos.midway(operations, 60, 30)
         chaos.postgres.restart()
 
     report = chaos.run("PostgreSQL restarted", operations, fault, interval=PACE)
@@ -88,7 +82,7 @@ def test_postgresql_crashed_mid_run(chaos: Chaos) -> None:
     operations = chaos.payments(200)
 
     def fault() -> None:
-        midway(chaos, operations, 60, 30)
+        chaos.midway(operations, 60, 30)
         chaos.postgres.crash()
 
     report = chaos.run("PostgreSQL crashed (-9), recovered", operations, fault, interval=PACE)

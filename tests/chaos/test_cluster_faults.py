@@ -1,0 +1,87 @@
+"""Faults on a three-node RabbitMQ cluster: leaders killed, a node stopped or frozen, a rolling restart."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from tests.chaos.cluster_harness import ClusterChaos
+from tests.chaos.harness import Operation
+from tests.support.rabbit_cluster import NET_TICKTIME
+
+#: Seconds between operations, so the producer is still publishing when the faults land.
+PACE = 0.05
+
+
+def under_payments(
+    chaos: ClusterChaos, case: str, count: int, fault: Callable[[list[Operation]], None]
+) -> None:
+    """Drain ``count`` payments through a booking worker while ``fault`` runs; every one must succeed."""
+    chaos.start_worker("booking", "--concurrency", "2", delay=0.05)
+    operations = chaos.payments(count)
+    report = chaos.run(case, operations, lambda: fault(operations), interval=PACE)
+    report.recovery = chaos.recovery()
+    assert report.succeeded == count
+
+
+def test_the_booking_leader_killed_twice(cluster_chaos: ClusterChaos) -> None:
+    chaos = cluster_chaos
+
+    def fault(operations: list[Operation]) -> None:
+        for published, executed in ((60, 30), (160, 110)):
+            chaos.midway(operations, published, executed)
+            leader = chaos.leader("booking")
+            chaos.fault_at()
+            leader.kill()
+            time.sleep(3)
+            leader.start()
+            chaos.cluster.await_all()
+
+    under_payments(chaos, "cluster: booking leader killed (-9) twice", 300, fault)
+
+
+def test_one_node_stopped_and_started(cluster_chaos: ClusterChaos) -> None:
+    chaos = cluster_chaos
+
+    def fault(operations: list[Operation]) -> None:
+        chaos.midway(operations, 60, 30)
+        leader = chaos.leader("booking")
+        chaos.fault_at()
+        leader.stop()  # SIGTERM: RabbitMQ's orderly shutdown; its quorum queue leaders move
+        time.sleep(5)
+        leader.start()
+        chaos.cluster.await_all()
+
+    under_payments(chaos, "cluster: booking leader's node stopped, started", 200, fault)
+
+
+def test_one_node_frozen_past_the_net_tick_time(cluster_chaos: ClusterChaos) -> None:
+    chaos = cluster_chaos
+
+    def fault(operations: list[Operation]) -> None:
+        chaos.midway(operations, 60, 30)
+        leader = chaos.leader("booking")
+        chaos.fault_at()
+        chaos.cluster.freeze(leader)
+        time.sleep(2 * NET_TICKTIME)  # the other two declare it down and elect new leaders
+        chaos.cluster.thaw(leader)
+        time.sleep(NET_TICKTIME)
+        if chaos.cluster.partitioned(leader):  # the runbook's step: restart the node that was away
+            chaos.cluster.heal(leader)
+        chaos.cluster.await_all()
+
+    under_payments(chaos, f"cluster: booking leader frozen {2 * NET_TICKTIME} s (SIGSTOP)", 200, fault)
+
+
+def test_a_rolling_restart(cluster_chaos: ClusterChaos) -> None:
+    chaos = cluster_chaos
+
+    def fault(operations: list[Operation]) -> None:
+        chaos.midway(operations, 40, 20)
+        for node in chaos.cluster.nodes:
+            chaos.fault_at()
+            node.stop()
+            node.start()
+            chaos.cluster.await_all()
+
+    under_payments(chaos, "cluster: rolling restart of all three nodes", 300, fault)
