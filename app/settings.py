@@ -61,7 +61,12 @@ def broker_kind(url: str) -> BrokerKind | None:
 
 
 def mask_url(url: str) -> str:
-    """Return ``url`` with its password replaced by ``***``, for logs and errors."""
+    """Return ``url`` with its password replaced by ``***``, for logs and errors.
+
+    A kombu failover list (``;``-separated) has each of its URLs masked.
+    """
+    if ";" in url:
+        return ";".join(mask_url(one) for one in url.split(";"))
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -234,13 +239,13 @@ class Settings(BaseSettings):
 
     def _refuse_placeholders(self) -> None:
         """Refuse a placeholder password anywhere, and a database URL without one (prod only)."""
-        secrets = {
-            "CELERY_BROKER_URL": urlsplit(self.celery_broker_url).password,
-            "DATABASE_URL": urlsplit(self.database_url).password,
-            "CELERY_RESULT_BACKEND": urlsplit(self.result_backend_url).password,
-            "SMTP_PASSWORD": self.smtp_password.get_secret_value() if self.smtp_password else None,
-        }
-        for name, secret in secrets.items():
+        secrets = [
+            *(("CELERY_BROKER_URL", urlsplit(url).password) for url in self.celery_broker_url.split(";")),
+            ("DATABASE_URL", urlsplit(self.database_url).password),
+            ("CELERY_RESULT_BACKEND", urlsplit(self.result_backend_url).password),
+            ("SMTP_PASSWORD", self.smtp_password.get_secret_value() if self.smtp_password else None),
+        ]
+        for name, secret in secrets:
             if not secret and name in {"DATABASE_URL", "CELERY_RESULT_BACKEND"}:
                 raise ValueError(f"{name} has no password; set a real secret in prod")
             if secret is not None and secret.lower() in PLACEHOLDER_SECRETS:

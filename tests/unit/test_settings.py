@@ -56,6 +56,7 @@ def test_smtp_host_overrides_the_local_sink(monkeypatch: pytest.MonkeyPatch) -> 
         ("postgresql://app:p%40ss@db/magnetiq", "postgresql://app:***@db/magnetiq"),
         ("amqp://fleet:p@ss@rabbit//", "amqp://fleet:***@rabbit//"),
         ("amqp://:onlypw@rabbit//", "amqp://:***@rabbit//"),
+        ("amqp://w:one@r0:5672/v;amqp://w:two@r1:5672/v", "amqp://w:***@r0:5672/v;amqp://w:***@r1:5672/v"),
     ],
 )
 def test_mask_url_hides_the_password(url: str, masked: str) -> None:
@@ -232,6 +233,18 @@ def test_prod_refuses_guest_broker_password(monkeypatch: pytest.MonkeyPatch) -> 
 
     # when the settings are built
     # then they are refused, naming the variable
+    with pytest.raises(ValidationError, match="CELERY_BROKER_URL uses a placeholder password"):
+        Settings()
+
+
+def test_prod_refuses_a_placeholder_in_any_url_of_a_failover_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given production with a broker list whose second node's URL keeps a placeholder
+    monkeypatch.setenv("MAGNETIQ_ENV", "prod")
+    monkeypatch.setenv(
+        "CELERY_BROKER_URL", "amqps://w:Zr7-real@r0:5671/magnetiq;amqps://w:REPLACE_ME@r1:5671/magnetiq"
+    )
+
+    # when the settings are built, then they are refused, naming the variable
     with pytest.raises(ValidationError, match="CELERY_BROKER_URL uses a placeholder password"):
         Settings()
 
