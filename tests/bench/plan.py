@@ -201,6 +201,7 @@ def measurements(size: dict[str, int]) -> dict[str, Measure]:
             b, fleet_booking, size["booking_flow"], BOOKING.effective_concurrency
         ),
         "fleet result store": lambda b: measure_store(b, "fleet", size["store"]),
+        "fleet result store through PgBouncer": lambda b: measure_store(b, "fleet-pgbouncer", size["store"]),
         "raw psycopg2 upsert": lambda b: measure_store(b, "raw", size["store"]),
         "raw psycopg2 upsert, async commit": lambda b: measure_store(b, "raw-async", size["store"]),
         **loop_lags(size),
@@ -325,4 +326,12 @@ FIGURES = (
     # Where a stored result's time goes: the backend's own overhead, then the WAL flush.
     Figure(_STORE, "fleet result store", "raw psycopg2 upsert", None, unit="results/s"),
     Figure(_STORE, "fleet result store", "raw psycopg2 upsert, async commit", None, unit="results/s"),
+    # What a process behind a pooler in transaction mode pays: the hop, and plain statements.
+    Figure(
+        "result store behind PgBouncer (transaction mode)",
+        "fleet result store through PgBouncer",
+        "fleet result store",
+        None,
+        unit="results/s",
+    ),
 )

@@ -5,6 +5,9 @@ statement the backend prepares, one row and one commit per result, from one
 process (``python -m tests.bench.store VARIANT N`` prints results/s):
 
 - ``fleet``: ``PostgresBackend.mark_as_done``, as a worker child stores a result;
+- ``fleet-pgbouncer``: the same through a private PgBouncer in transaction mode,
+  with plain statements, as a process runs once it found its prepared
+  statements gone (what the fall-back behind a pooler costs);
 - ``raw``: ``EXECUTE`` of the same prepared upsert on one psycopg2 connection;
 - ``raw-async``: the same with ``synchronous_commit = off``, which shows what the
   commit's WAL flush costs (the fleet never runs so by default).
@@ -29,18 +32,20 @@ from sqlalchemy import make_url
 
 from app.settings import sqlalchemy_url
 from tests.bench.harness import ROOT, Bench
+from tests.support.pgbouncer import PgBouncer
 
-VARIANTS = ("fleet", "raw", "raw-async")
+VARIANTS = ("fleet", "fleet-pgbouncer", "raw", "raw-async")
 #: Untimed writes first: connection set-up and statement preparation.
 WARMUP = 50
 
 
-def _fleet_writer() -> Callable[[int], None]:
+def _fleet_writer(prepared: bool = True) -> Callable[[int], None]:
     from celery.app.task import Context
 
     from app.celery_app import celery_app
 
     backend = celery_app.backend
+    backend.prepared = prepared
     request = Context(task="bench.noop", children=[], delivery_info={})
 
     def write(i: int) -> None:
@@ -63,17 +68,18 @@ def _connect(database_url: str) -> Any:
 def _raw_writer(synchronous_commit: bool) -> Callable[[int], None]:
     from kombu.utils.json import dumps
 
-    from app.result_backend import _PREPARE, _UPSERT
+    from app.result_backend.statements import PREPARED, STORE
     from app.settings import get_settings
 
     connection = _connect(get_settings().result_backend_url)
     cursor = connection.cursor()
     cursor.execute("SET synchronous_commit = " + ("on" if synchronous_commit else "off"))
-    cursor.execute(_PREPARE["magnetiq_store_result"])
+    statement = PREPARED[STORE]
+    cursor.execute(statement.prepare)
 
     def write(i: int) -> None:
         cursor.execute(
-            _UPSERT,
+            statement.execute,
             (
                 str(uuid.uuid4()),
                 "SUCCESS",
@@ -91,7 +97,10 @@ def _raw_writer(synchronous_commit: bool) -> Callable[[int], None]:
 
 def rate(variant: str, n: int) -> float:
     """Results stored per second by ``variant`` in this process."""
-    write = _fleet_writer() if variant == "fleet" else _raw_writer(variant == "raw")
+    if variant.startswith("fleet"):
+        write = _fleet_writer(prepared=variant == "fleet")
+    else:
+        write = _raw_writer(variant == "raw")
     for i in range(WARMUP):
         write(i)
     started = time.perf_counter()
@@ -135,15 +144,24 @@ def measure_store(bench: Bench, variant: str, n: int) -> float:
         RuntimeError: the variant did not leave one row per write.
     """
     bench.reset()
-    out = subprocess.run(
-        [sys.executable, "-m", "tests.bench.store", variant, str(n)],
-        cwd=ROOT,
-        env=bench.env(),
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    pooler = PgBouncer(make_url(bench.database_url).port or 5432) if variant == "fleet-pgbouncer" else None
+    env = bench.env()
+    try:
+        if pooler is not None:
+            pooler.start()
+            env["DATABASE_URL"] = pooler.url(make_url(bench.database_url).database or "")
+        out = subprocess.run(
+            [sys.executable, "-m", "tests.bench.store", variant, str(n)],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        if pooler is not None:
+            pooler.close()
     rows = bench.result_rows("task_results")
     if rows != WARMUP + n:
         raise RuntimeError(f"bench: {variant} result store left {rows} rows for {WARMUP + n} writes")

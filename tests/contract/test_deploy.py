@@ -80,6 +80,12 @@ def crd_validator(kind: str) -> jsonschema.protocols.Validator:
     return jsonschema.Draft7Validator(schema)
 
 
+def fleet_image(deployment: dict[str, Any]) -> bool:
+    """Whether a Deployment runs the fleet's own image."""
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    return all(str(c["image"]).startswith("magnetiq-fleet:") for c in containers)
+
+
 def deployment_of(profile: str) -> dict[str, Any]:
     return objects("Deployment")[f"worker-{profile}"]
 
@@ -316,8 +322,10 @@ def test_configuration_reaches_every_pod() -> None:
     # and refused as shipped: production never starts on a placeholder
     with pytest.raises(ValueError, match="placeholder password"):
         Settings(**shipped)
-    # and every fleet pod reads both
-    for deployment in objects("Deployment").values():
+    # and every fleet pod (the fleet's image; PgBouncer is not one) reads both
+    fleet = [d for d in objects("Deployment").values() if fleet_image(d)]
+    assert {d["metadata"]["name"] for d in fleet} >= {"beat", "worker-booking", "worker-email"}
+    for deployment in fleet:
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         refs = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
         assert refs == {"magnetiq-config", "magnetiq-secrets"}

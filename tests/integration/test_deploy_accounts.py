@@ -4,7 +4,8 @@ Compose: a private node configured exactly as compose mounts it (its rabbitmq.co
 plugins and definitions.dev.json, loaded at boot), every ``${VAR:-default}`` at its
 default. Kubernetes: the definitions generated as rabbitmq.yaml documents
 (``python -m routing.accounts``) with the password that replaces each REPLACE_ME.
-Only the host and port are rewritten to the private node's (and amqps to amqp:
+Only the host and port are rewritten to the private node's, for each URL of a
+failover list (and amqps to amqp:
 TLS has its own fault test).
 """
 
@@ -35,7 +36,9 @@ K8S_PASSWORD = "Zr7-real-Secret"
 
 
 def local(url: str, node: RabbitNode) -> str:
-    """``url`` with its host and port moved to the private node (amqps -> amqp)."""
+    """``url`` with its host and port moved to the private node (amqps -> amqp), each URL of a list."""
+    if ";" in url:
+        return ";".join(local(one, node) for one in url.split(";"))
     parts = urlsplit(url)
     netloc = f"{parts.username}:{parts.password}@127.0.0.1:{node.port}"
     return urlunsplit(("amqp", netloc, parts.path, "", ""))
@@ -121,5 +124,10 @@ def test_the_kubernetes_urls_log_in_with_the_documented_definitions(
         secret_value(keda["name"], keda["key"]),
     ]
     producer, worker, monitoring = (local(u.replace("REPLACE_ME", K8S_PASSWORD), private_node) for u in urls)
-    # then each does its job
+    # then every node's URL in the workers' and producers' failover lists logs in
+    assert len(worker.split(";")) == len(producer.split(";")) == 3
+    for one in [*worker.split(";"), *producer.split(";")]:
+        with Connection(one, connect_timeout=5) as connection:
+            connection.connect()
+    # and each role does its job
     the_roles_do_their_jobs(producer, worker, monitoring)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workers.cli.capacity import Throughput, workers_needed
+from tests.support.paths import ROOT
+from workers.cli.capacity import BENCH_ROWS, Throughput, bench_rate, workers_needed
 from workers.cli.fleet import duration
 
 
@@ -39,3 +40,38 @@ def test_throughput_counts_intervals_between_completions() -> None:
 )
 def test_duration(seconds: float | None, shown: str) -> None:
     assert duration(seconds) == shown
+
+
+BENCH_RUN = """
+| drain measurement | tasks/s | peak RSS per worker process |
+| --- | ---: | ---: |
+| fleet booking, results, metrics on | 1,801 | 104 MiB |
+| fleet email, results | 301 | 112 MiB |
+
+| drain measurement | tasks/s | peak RSS per worker process |
+| --- | ---: | ---: |
+| fleet booking, results, metrics on | 736 | 107 MiB |
+| fleet email, results | 290 | 110 MiB |
+"""
+
+
+def test_bench_rate_reads_the_last_runs_row_of_the_profile() -> None:
+    # given a results file with two runs, when the booking and email rates are read
+    # then they are the last run's
+    assert bench_rate(BENCH_RUN, "booking") == (736.0, "fleet booking, results, metrics on")
+    assert bench_rate(BENCH_RUN, "email") == (290.0, "fleet email, results")
+
+
+def test_bench_rate_says_what_the_bench_does_not_measure() -> None:
+    with pytest.raises(ValueError, match="maintenance: the bench measures no drain"):
+        bench_rate(BENCH_RUN, "maintenance")
+    with pytest.raises(ValueError, match="no drain table"):
+        bench_rate("# empty\n", "booking")
+
+
+def test_the_shipped_bench_results_give_every_measured_profile_a_rate() -> None:
+    # given the bench results kept in the repository, every profile it measures has a rate
+    text = (ROOT / "tests" / "bench" / "RESULTS.md").read_text()
+    for queue in BENCH_ROWS:
+        rate, _ = bench_rate(text, queue)
+        assert rate > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -65,3 +66,35 @@ def test_capacity_asks_for_per_worker_when_results_are_in_redis(monkeypatch: pyt
     # then it says why it cannot, and what to pass instead
     assert result.exit_code == 1
     assert "result rows in PostgreSQL" in result.output and "--per-worker" in result.output
+
+
+def test_capacity_from_the_bench_prints_the_rate_its_source_and_what_it_assumes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # given a bench results file whose last run drained 600 booking tasks/s with one worker
+    results = tmp_path / "RESULTS.md"
+    results.write_text(
+        "| drain measurement | tasks/s |\n| --- | ---: |\n| fleet booking, results, metrics on | 600 |\n"
+    )
+    monkeypatch.setattr(fleet, "broker_connection", lambda _settings: nullcontext())
+    monkeypatch.setattr(fleet, "passive_counts", lambda _connection, _queue: (0, 2))
+    monkeypatch.setattr(fleet, "is_redis", lambda _connection: False)
+
+    # when capacity is asked for 1,000 tasks/s from it
+    result = CliRunner().invoke(main, ["capacity", "booking", "--target", "1000", "--bench", str(results)])
+
+    # then it names the row and file, says what the rate assumes, and sizes with the headroom
+    assert result.exit_code == 0, result.output
+    assert "600.0 tasks/s per worker, the bench's 'fleet booking, results, metrics on'" in result.output
+    assert "assumes one booking worker" in result.output
+    assert "booking: 2 worker(s) of profile booking for 1000 tasks/s" in result.output
+
+
+def test_capacity_takes_one_source_of_the_rate(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    results.write_text("")
+    result = CliRunner().invoke(
+        main, ["capacity", "booking", "--target", "9", "--per-worker", "3", "--bench", str(results)]
+    )
+    assert result.exit_code == 2
+    assert "pass --per-worker or --bench, not both" in result.output

@@ -1,4 +1,4 @@
-"""Capacity advice: measured completions per worker, and the workers a target rate needs."""
+"""Capacity advice: completions per worker (measured, or the bench's), and the workers a target rate needs."""
 
 from __future__ import annotations
 
@@ -70,3 +70,45 @@ def workers_needed(target_rate: float, per_worker_rate: float, headroom: float) 
     if target_rate <= 0 or per_worker_rate <= 0 or headroom < 0:
         raise ValueError("rates must be positive and headroom not negative")
     return max(1, math.ceil(target_rate * (1 + headroom) / per_worker_rate - 1e-9))
+
+
+#: The bench's drain row that stands for one worker of a queue's profile (tests/bench/README.md).
+BENCH_ROWS = {"booking": "fleet booking, results, metrics on", "email": "fleet email, results"}
+#: What that row measured, printed beside the rate taken from it.
+BENCH_ASSUMPTIONS = {
+    "booking": "one booking worker as `python -m workers booking` runs on the bench's machine "
+    "(one process per core there), draining no-op tasks with results in PostgreSQL: "
+    "a task that does real work, or a worker with fewer cores, does less",
+    "email": "one email worker (gevent, 100 greenlets) sending to an SMTP server that answers "
+    "each message in 0.2 s: a slower server, or rate limits, lower it",
+}
+_DRAIN_TABLE = "| drain measurement |"
+
+
+def bench_rate(results: str, queue: str) -> tuple[float, str]:
+    """Tasks/s one worker of ``queue``'s profile did in the last run of a bench results file.
+
+    Args:
+        results: the text of ``tests/bench/RESULTS.md`` (or a run's output).
+        queue: a work queue.
+
+    Returns:
+        The rate and the name of the row it was read from.
+
+    Raises:
+        ValueError: the bench has no row for the queue's profile, or the text no drain table.
+    """
+    row_name = BENCH_ROWS.get(queue)
+    if row_name is None:
+        raise ValueError(f"{queue}: the bench measures no drain of this profile; pass --per-worker")
+    lines = results.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(_DRAIN_TABLE)]
+    if not starts:
+        raise ValueError("no drain table in the bench results (run `make bench`)")
+    for line in lines[starts[-1] + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if cells[0] == row_name:
+            return float(cells[1].replace(",", "")), row_name
+    raise ValueError(f"the bench's last run has no row {row_name!r}")

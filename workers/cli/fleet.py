@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import click
@@ -20,7 +21,7 @@ from app.settings import get_settings
 from routing import names
 from routing.routes import queue_for
 from workers.cli import redis_queues
-from workers.cli.capacity import measure, workers_needed
+from workers.cli.capacity import BENCH_ASSUMPTIONS, bench_rate, measure, workers_needed
 from workers.cli.connections import broker_connection, database_errors
 from workers.cli.queue_stats import ManagementAPI, QueueStats, passive_counts, read_stats
 from workers.profiles import PROFILES
@@ -134,6 +135,11 @@ def publish(task_name: str, args_: Any, kwargs: Any, countdown: float | None, wa
 @click.option("--window", default=15.0, show_default=True, help="Minutes of completions to measure.")
 @click.option("--workers", type=int, help="Workers that ran in the window (default: consumers now).")
 @click.option("--per-worker", type=float, help="Tasks/s one worker does (skip the measurement).")
+@click.option(
+    "--bench",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Take the rate per worker from a bench results file's last run (tests/bench/RESULTS.md).",
+)
 @click.option("--headroom", default=0.2, show_default=True, help="Spare capacity to plan for (0.2 = 20 %).")
 def capacity(
     queue: str,
@@ -141,6 +147,7 @@ def capacity(
     window: float,
     workers: int | None,
     per_worker: float | None,
+    bench: Path | None,
     headroom: float,
 ) -> None:
     """Workers of QUEUE's profile needed for a target rate, from measured throughput.
@@ -148,7 +155,17 @@ def capacity(
     Throughput is measured from the result rows finished in the last --window
     minutes: completions from the first to the last, per worker. Measure while
     the queue has a backlog (workers busy), or the figure is a lower bound.
+    --bench takes it from `make bench` instead, and prints what that assumes.
     """
+    if bench is not None and per_worker is not None:
+        raise click.UsageError("pass --per-worker or --bench, not both")
+    if bench is not None:
+        try:
+            per_worker, source = bench_rate(bench.read_text(), queue)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"{queue}: {per_worker:,.1f} tasks/s per worker, the bench's {source!r} in {bench}")
+        click.echo(f"{queue}: assumes {BENCH_ASSUMPTIONS[queue]}")
     settings = get_settings()
     with broker_connection(settings) as connection:
         if is_redis(connection):
