@@ -31,7 +31,7 @@ services: ## Make sure the test vhost exists on the local RabbitMQ
 	  rabbitmqctl -q set_permissions -p '$(TEST_VHOST)' guest '.*' '.*' '.*'; } || true
 
 test: $(STAMP) services ## Run every test against the local RabbitMQ, PostgreSQL and SMTP servers
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 test-unit: $(STAMP) ## Unit and contract tests only (no services needed)
 	$(BIN)/python -m pytest tests/unit tests/contract
