@@ -70,10 +70,9 @@ class ClusterChaos(Chaos):
         )
 
     def queued(self) -> int:
-        """Messages in the work queues, ready or unacknowledged (from a live node's rabbitmqctl)."""
-        out = self.cluster.live().ctl("list_queues", "name", "messages", "--no-table-headers", timeout=30)
-        counts = dict(line.split() for line in out.splitlines() if line.strip())
-        return sum(int(counts.get(queue, 0)) for queue in WORK_QUEUES)
+        """Messages in the work queues, ready or unacknowledged (read on a live node)."""
+        info = self.cluster.queue_info()
+        return sum(info[queue][2] for queue in WORK_QUEUES if queue in info)
 
     def _publish(self, operation: Operation) -> None:
         # On a connection made by the app (its transport options: publisher confirms) for the
@@ -93,7 +92,7 @@ class ClusterChaos(Chaos):
         self.faults.append(time.time())
 
     def recovery(self) -> tuple[float, float]:
-        """The longest time without a processed payment in ``STALL_WINDOW`` s after each fault: (p50, max)."""
+        """The longest time without a recorded effect in ``STALL_WINDOW`` s after each fault: (p50, max)."""
         with self.engine.connect() as db:
             rows = db.execute(text("SELECT extract(epoch FROM at) FROM chaos_effects"))
             times = sorted(float(row[0]) for row in rows)

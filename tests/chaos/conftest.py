@@ -3,7 +3,8 @@
 The Redis cases (``redis_chaos``) add a private Redis server of their own, one
 per case; the pooler cases (``pooler``) a private PgBouncer in front of the
 private PostgreSQL; the cluster cases (``cluster_chaos``) a private
-three-node RabbitMQ cluster, started once for them.
+three-node RabbitMQ cluster, started once for them, and the partition case
+(``partition_chaos``) another, each node in a network namespace of its own.
 
 The ports are chosen when this module is imported, before the fleet's settings
 are read, so the producer in this process and every worker it starts talk to the
@@ -40,6 +41,7 @@ from app.celery_app import celery_app  # noqa: E402
 from tests.chaos.cluster_harness import ClusterChaos  # noqa: E402
 from tests.chaos.harness import Chaos, Report, render  # noqa: E402
 from tests.chaos.redis_harness import RedisChaos  # noqa: E402
+from tests.support import netns  # noqa: E402
 from tests.support.pgbouncer import PgBouncer  # noqa: E402
 from tests.support.rabbit_cluster import RabbitCluster  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
@@ -130,10 +132,43 @@ def cluster_chaos(
     cluster: RabbitCluster, services: tuple[RabbitNode, PostgresCluster], tmp_path: Path
 ) -> Iterator[ClusterChaos]:
     """A fresh case on the cluster: every node up, empty queues and tables, its own provider."""
+    yield from _cluster_case(cluster, services, tmp_path)
+
+
+def _cluster_case(
+    cluster: RabbitCluster, services: tuple[RabbitNode, PostgresCluster], tmp_path: Path
+) -> Iterator[ClusterChaos]:
     rabbit, postgres = services
     cluster.await_all()
     with running_provider() as provider:
         yield from _case(ClusterChaos(cluster, rabbit, postgres, DATABASE, tmp_path, provider))
+
+
+@pytest.fixture(scope="session")
+def partition_cluster(services: tuple[RabbitNode, PostgresCluster]) -> Iterator[RabbitCluster]:
+    """A private three-node cluster, each node in its own network namespace on a bridge."""
+    why = netns.available()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"the partition case needs network namespaces: {why}")
+        pytest.skip(f"the partition case needs network namespaces: {why}")
+    network = netns.Network(3)
+    atexit.register(network.close)  # also when the session is interrupted
+    nodes = RabbitCluster(BASE / "partition", network=network)
+    try:
+        print(f"\nprivate three-node RabbitMQ cluster in namespaces up in {nodes.start():.1f}s")
+        yield nodes
+    finally:
+        nodes.stop()
+        network.close()
+
+
+@pytest.fixture
+def partition_chaos(
+    partition_cluster: RabbitCluster, services: tuple[RabbitNode, PostgresCluster], tmp_path: Path
+) -> Iterator[ClusterChaos]:
+    """A fresh case on the namespaced cluster: every node up, empty queues and tables, its own provider."""
+    yield from _cluster_case(partition_cluster, services, tmp_path)
 
 
 @pytest.fixture

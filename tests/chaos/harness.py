@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,10 @@ MODELS: dict[str, type[contracts.Arguments]] = {
     contracts.SEND_WELCOME_EMAIL: contracts.WelcomeEmailArgs,
     contracts.SEND_BOOKING_CONFIRMATION: contracts.BookingConfirmationArgs,
 }
+#: The job name and first slot of the maintenance operations (``Chaos.maintenance``): one slot a
+#: second from a moment no payment or email number reaches.
+MAINTENANCE_JOB = "chaos-drain"
+MAINTENANCE_SLOTS = datetime(2040, 1, 1, tzinfo=UTC)
 #: The email tasks: a success means a message the SMTP server accepted.
 EMAIL_TASKS = (contracts.SEND_WELCOME_EMAIL, contracts.SEND_BOOKING_CONFIRMATION)
 
@@ -116,6 +121,8 @@ class Operation:
                 "ends_at": "2026-12-01T11:30:00+01:00",
                 "idempotency_key": f"booking-confirmation:{self.op}",  # the producer's own key
             }
+        if self.task_name == contracts.CLEANUP_OLD_SESSIONS:  # a periodic slot: ``op`` is its epoch second
+            return {"job": MAINTENANCE_JOB, "slot": datetime.fromtimestamp(self.op, UTC).isoformat()}
         return {"op": self.op}
 
     @property
@@ -385,6 +392,13 @@ class Chaos:
             self.smtp = FaultySmtp()
             self.smtp.start()
         return [Operation(op, task_name, "success") for op in range(first, first + count)]
+
+    def maintenance(self, count: int) -> list[Operation]:
+        """``count`` periodic runs, one slot each (a run's start is its effect), as beat sends them."""
+        first = int(MAINTENANCE_SLOTS.timestamp())
+        return [
+            Operation(op, contracts.CLEANUP_OLD_SESSIONS, "success") for op in range(first, first + count)
+        ]
 
     def payments(self, count: int, first: int = 1) -> list[Operation]:
         """Create ``count`` pending payments; return one process-payment operation for each."""

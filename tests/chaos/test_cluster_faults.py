@@ -1,4 +1,4 @@
-"""Faults on a three-node RabbitMQ cluster: leaders killed, a node stopped or frozen, a rolling restart."""
+"""Faults on a three-node RabbitMQ cluster under payments, emails and maintenance runs."""
 
 from __future__ import annotations
 
@@ -13,15 +13,27 @@ from tests.support.rabbit_cluster import NET_TICKTIME
 PACE = 0.05
 
 
-def under_payments(
-    chaos: ClusterChaos, case: str, count: int, fault: Callable[[list[Operation]], None]
-) -> None:
-    """Drain ``count`` payments through a booking worker while ``fault`` runs; every one must succeed."""
+def under_load(chaos: ClusterChaos, case: str, count: int, fault: Callable[[list[Operation]], None]) -> None:
+    """Drain ``count`` payments, a fifth as many welcome emails and maintenance runs while ``fault`` runs.
+
+    A booking, an email and a maintenance worker take them; every payment must
+    be charged and processed once, every email accepted once by the SMTP
+    server, every maintenance slot run once.
+    """
+    emails = chaos.emails(count // 5, first=count + 1)  # before the workers: they get its address
+    maintenance = chaos.maintenance(count // 5)
     chaos.start_worker("booking", "--concurrency", "2", delay=0.05)
-    operations = chaos.payments(count)
+    chaos.start_worker("email", "--concurrency", "20")
+    chaos.start_worker("maintenance")
+    payments = chaos.payments(count)
+    operations: list[Operation] = []
+    for i, payment in enumerate(payments):  # an email and a maintenance run after every fifth payment
+        operations.append(payment)
+        if i % 5 == 4:
+            operations += [emails[i // 5], maintenance[i // 5]]
     report = chaos.run(case, operations, lambda: fault(operations), interval=PACE)
     report.recovery = chaos.recovery()
-    assert report.succeeded == count
+    assert report.succeeded == len(operations)
 
 
 def test_the_booking_leader_killed_twice(cluster_chaos: ClusterChaos) -> None:
@@ -37,7 +49,7 @@ def test_the_booking_leader_killed_twice(cluster_chaos: ClusterChaos) -> None:
             leader.start()
             chaos.cluster.await_all()
 
-    under_payments(chaos, "cluster: booking leader killed (-9) twice", 300, fault)
+    under_load(chaos, "cluster: booking leader killed (-9) twice", 300, fault)
 
 
 def test_one_node_stopped_and_started(cluster_chaos: ClusterChaos) -> None:
@@ -52,7 +64,7 @@ def test_one_node_stopped_and_started(cluster_chaos: ClusterChaos) -> None:
         leader.start()
         chaos.cluster.await_all()
 
-    under_payments(chaos, "cluster: booking leader's node stopped, started", 200, fault)
+    under_load(chaos, "cluster: booking leader's node stopped, started", 200, fault)
 
 
 def test_one_node_frozen_past_the_net_tick_time(cluster_chaos: ClusterChaos) -> None:
@@ -70,7 +82,7 @@ def test_one_node_frozen_past_the_net_tick_time(cluster_chaos: ClusterChaos) -> 
             chaos.cluster.heal(leader)
         chaos.cluster.await_all()
 
-    under_payments(chaos, f"cluster: booking leader frozen {2 * NET_TICKTIME} s (SIGSTOP)", 200, fault)
+    under_load(chaos, f"cluster: booking leader frozen {2 * NET_TICKTIME} s (SIGSTOP)", 200, fault)
 
 
 def test_a_rolling_restart(cluster_chaos: ClusterChaos) -> None:
@@ -84,4 +96,21 @@ def test_a_rolling_restart(cluster_chaos: ClusterChaos) -> None:
             node.start()
             chaos.cluster.await_all()
 
-    under_payments(chaos, "cluster: rolling restart of all three nodes", 300, fault)
+    under_load(chaos, "cluster: rolling restart of all three nodes", 300, fault)
+
+
+def test_one_node_partitioned_from_the_other_two(partition_chaos: ClusterChaos) -> None:
+    chaos = partition_chaos
+    network = chaos.cluster.network
+    assert network is not None
+
+    def fault(operations: list[Operation]) -> None:
+        chaos.midway(operations, 60, 30)
+        leader = chaos.leader("booking")
+        chaos.fault_at()
+        network.cut(chaos.cluster.namespace_of(leader))  # its link down: no one reaches it, nor it anyone
+        time.sleep(3 * NET_TICKTIME)  # the majority declares it down; it pauses itself (pause_minority)
+        network.mend(chaos.cluster.namespace_of(leader))
+        chaos.cluster.await_all()
+
+    under_load(chaos, f"cluster: booking leader partitioned {3 * NET_TICKTIME} s, healed", 200, fault)

@@ -15,8 +15,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def port_open(port: int) -> bool:
-    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+def port_open(port: int, host: str = HOST) -> bool:
+    """Whether something accepts TCP connections on ``host``:``port`` (127.0.0.1 unless given)."""
     with socket.socket() as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex((HOST, port)) == 0
+        return sock.connect_ex((host, port)) == 0

@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support.netns import Namespace, Network
 from tests.support.servers import RabbitNode
 from tests.support.waiting import wait_until
 
@@ -26,12 +27,34 @@ NET_TICKTIME = 10
 PARTITION_HANDLING = "pause_minority"
 
 
+#: Erlang run on one node: a line per quorum queue of vhost "/": name, leader, members, messages.
+_QUEUE_INFO = (
+    "lists:foreach(fun(Q) -> "
+    "{resource, _, queue, Name} = amqqueue:get_name(Q), "
+    "I = rabbit_amqqueue:info(Q, [leader, members, messages]), "
+    'io:format("~s\t~s\t~s\t~p~n", [Name, proplists:get_value(leader, I), '
+    'lists:join(",", [atom_to_list(M) || M <- proplists:get_value(members, I)]), '
+    "proplists:get_value(messages, I)]) end, "
+    '[Q || Q <- rabbit_amqqueue:list(<<"/">>), amqqueue:get_type(Q) =:= rabbit_quorum_queue]), ok.'
+)
+
+
 class RabbitCluster:
     """Three ``RabbitNode``s joined into one cluster."""
 
-    def __init__(self, base: Path, size: int = 3) -> None:
+    def __init__(self, base: Path, size: int = 3, network: Network | None = None) -> None:
         cookie = secrets.token_hex(16).upper()
-        self.nodes = [RabbitNode(base / f"node{i}", name=f"cluster{i}") for i in range(1, size + 1)]
+        self.network = network
+        if network is None:
+            self.nodes = [RabbitNode(base / f"node{i}", name=f"cluster{i}") for i in range(1, size + 1)]
+        else:  # each node in a namespace of its own, named by a host name the inetrc file resolves
+            base.mkdir(parents=True, exist_ok=True)
+            inetrc = base / "inetrc"
+            inetrc.write_text(network.inetrc())
+            self.nodes = [
+                RabbitNode(base / f"node{i}", name=f"part{i}", namespace=space, inetrc=inetrc)
+                for i, space in enumerate(network.namespaces, start=1)
+            ]
         for node in self.nodes:
             path = node.base / ".erlang.cookie"
             path.write_text(cookie)
@@ -81,6 +104,11 @@ class RabbitCluster:
         """Wait until every node runs in the cluster again."""
         wait_until(lambda: self.running() == len(self.nodes), timeout, "every node to run in the cluster")
 
+    def namespace_of(self, node: RabbitNode) -> Namespace:
+        """The network namespace ``node`` runs in (clusters made with a ``network``)."""
+        assert node.namespace is not None
+        return node.namespace
+
     def node(self, nodename: str) -> RabbitNode:
         """The node named ``nodename``."""
         return next(node for node in self.nodes if node.nodename == nodename)
@@ -114,15 +142,25 @@ class RabbitCluster:
         node.ctl("start_app")
         node.ctl("await_startup")
 
+    def queue_info(self) -> dict[str, tuple[str, list[str], int]]:
+        """Each quorum queue's leader, members and messages, by queue name.
+
+        Read with ``eval`` on one node rather than ``list_queues``, whose other
+        nodes send their rows to the CLI directly: a namespaced node cannot
+        reach the CLI's node name on this machine.
+        """
+        out = self.live().ctl("eval", _QUEUE_INFO, timeout=30)
+        found: dict[str, tuple[str, list[str], int]] = {}
+        for line in out.splitlines():
+            parts = line.split("\t")
+            if len(parts) == 4:
+                name, leader, members, messages = parts
+                found[name] = (leader, members.split(","), int(messages))
+        return found
+
     def queue_members(self) -> dict[str, tuple[str, list[str]]]:
         """Each quorum queue's leader and members (node names), by queue name."""
-        out = self.live().ctl("list_queues", "name", "leader", "members", "--no-table-headers", timeout=30)
-        found: dict[str, tuple[str, list[str]]] = {}
-        for line in out.splitlines():
-            if line.strip():
-                name, leader, members = line.split("\t")
-                found[name] = (leader, [m.strip() for m in members.strip("[]").split(",") if m.strip()])
-        return found
+        return {name: (leader, members) for name, (leader, members, _) in self.queue_info().items()}
 
     def stop(self) -> None:
         """Stop every node."""

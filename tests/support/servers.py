@@ -18,6 +18,7 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
+from tests.support.netns import Namespace
 from tests.support.ports import free_port, port_open
 from tests.support.processes import children as direct_children
 from tests.support.processes import pid_alive
@@ -31,20 +32,32 @@ class RabbitNode:
     """A RabbitMQ node of our own: node name, AMQP and distribution ports, data and logs in ``base``.
 
     With ``tls`` (CA, certificate chain and key files) it also listens for AMQP
-    over TLS on ``tls_port``.
+    over TLS on ``tls_port``. With a ``namespace`` (``tests.support.netns``) it
+    runs inside that network namespace, on its address, under a host name
+    (``host``) that an Erlang inetrc file (``inetrc``) maps to that address.
     """
 
-    def __init__(self, base: Path, name: str = "chaos", tls: tuple[Path, Path, Path] | None = None) -> None:
+    def __init__(
+        self,
+        base: Path,
+        name: str = "chaos",
+        tls: tuple[Path, Path, Path] | None = None,
+        namespace: Namespace | None = None,
+        inetrc: Path | None = None,
+    ) -> None:
         self.base = base
+        self.namespace = namespace
+        self.inetrc = inetrc
+        self.host = namespace.address if namespace else "127.0.0.1"
         self.port = free_port()
         self.dist_port = free_port()
         self.tls_port = free_port() if tls else None
-        self.nodename = f"magnetiq-{name}-{os.getpid()}@localhost"
+        self.nodename = f"magnetiq-{name}-{os.getpid()}@{namespace.host if namespace else 'localhost'}"
         self.pid: int | None = None
         self._launcher: subprocess.Popen[bytes] | None = None
         base.mkdir(parents=True, exist_ok=True)
         config = (
-            f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\nlog.console = false\n"
+            f"listeners.tcp.default = {self.host}:{self.port}\nloopback_users = none\nlog.console = false\n"
         )
         if tls:
             ca, chain, key = tls
@@ -64,7 +77,7 @@ class RabbitNode:
         env.update(
             HOME=str(self.base),  # the Erlang cookie lives here
             RABBITMQ_NODENAME=self.nodename,
-            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_NODE_IP_ADDRESS=self.host,
             RABBITMQ_NODE_PORT=str(self.port),
             RABBITMQ_DIST_PORT=str(self.dist_port),
             RABBITMQ_MNESIA_BASE=str(self.base / "mnesia"),
@@ -74,13 +87,15 @@ class RabbitNode:
             RABBITMQ_ENABLED_PLUGINS_FILE=str(self.base / "enabled_plugins"),
             RABBITMQ_CONF_ENV_FILE=str(self.base / "rabbitmq-env.conf"),
             RABBITMQ_PID_FILE=str(self.base / "rabbitmq.pid"),
-            ERL_EPMD_ADDRESS="127.0.0.1",
+            ERL_EPMD_ADDRESS="127.0.0.1" if self.namespace is None else f"127.0.0.1,{self.host}",
         )
+        if self.inetrc is not None:
+            env["ERL_INETRC"] = str(self.inetrc)
         return env
 
     def url(self, vhost: str = "", user: str = "guest", password: str = "guest") -> str:
         """The AMQP URL of ``vhost`` on this node."""
-        return f"amqp://{user}:{password}@127.0.0.1:{self.port}/{vhost}"
+        return f"amqp://{user}:{password}@{self.host}:{self.port}/{vhost}"
 
     def tls_url(self, vhost: str = "", user: str = "guest", password: str = "guest") -> str:
         """The AMQP-over-TLS URL of ``vhost`` on this node (its TLS listener)."""
@@ -92,8 +107,9 @@ class RabbitNode:
         pid_file = self.base / "rabbitmq.pid"
         pid_file.unlink(missing_ok=True)
         log = (self.base / "server.out").open("ab")
+        inside = self.namespace.exec_prefix() if self.namespace else []
         self._launcher = subprocess.Popen(
-            [str(RABBITMQ_BIN / "rabbitmq-server")],
+            [*inside, str(RABBITMQ_BIN / "rabbitmq-server")],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -105,7 +121,9 @@ class RabbitNode:
             lambda: self._exited_early() or (pid_file.exists() and pid_file.read_text().strip()), 60, "pid"
         )
         self.pid = int(pid_file.read_text().strip())
-        wait_until(lambda: self._exited_early() or port_open(self.port), timeout, "RabbitMQ to listen")
+        wait_until(
+            lambda: self._exited_early() or port_open(self.port, self.host), timeout, "RabbitMQ to listen"
+        )
         self.ctl("await_startup", "--timeout", str(int(timeout)))
         return time.monotonic() - started
 
