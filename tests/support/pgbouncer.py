@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.ports import free_port, port_open
@@ -26,20 +27,32 @@ POOL_SIZE = 4
 class PgBouncer:
     """PgBouncer with ``pool_mode = transaction``, trust authentication, every database forwarded."""
 
-    def __init__(self, server_port: int, pool_size: int = POOL_SIZE) -> None:
+    def __init__(
+        self,
+        server_port: int,
+        pool_size: int = POOL_SIZE,
+        configure: Callable[[Path, int], tuple[str, str]] | None = None,
+    ) -> None:
+        """A PgBouncer to start; ``configure(directory, port)`` may give its own ini and userlist text."""
         if shutil.which("pgbouncer") is None:
             raise RuntimeError("the pooler cases need pgbouncer (Debian package pgbouncer)")
         self.base = base = Path(tempfile.mkdtemp(prefix="magnetiq-pgbouncer-"))
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        (base / "users.txt").write_text('"postgres" ""\n')
-        (base / "pgbouncer.ini").write_text(
-            f"[databases]\n* = host=127.0.0.1 port={server_port}\n\n[pgbouncer]\n"
-            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
-            f"auth_type = trust\nauth_file = {base / 'users.txt'}\nadmin_users = postgres\n"
-            f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 500\n"
-            f"logfile = {base / 'pgbouncer.log'}\nserver_login_retry = 1\n"
+        ini, users = (
+            configure(base, self.port)
+            if configure is not None
+            else (
+                f"[databases]\n* = host=127.0.0.1 port={server_port}\n\n[pgbouncer]\n"
+                f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+                f"auth_type = trust\nauth_file = {base / 'users.txt'}\nadmin_users = postgres\n"
+                f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 500\n"
+                f"logfile = {base / 'pgbouncer.log'}\nserver_login_retry = 1\n",
+                '"postgres" ""\n',
+            )
         )
+        (base / "pgbouncer.ini").write_text(ini)
+        (base / "users.txt").write_text(users)
         self.user = "postgres" if os.geteuid() == 0 else None
         if self.user:
             for path in (base, *base.iterdir()):
