@@ -120,6 +120,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--quick", action="store_true", help="tiny task counts: checks the harness, not speed"
     )
     parser.add_argument("--only", default="", help="comma-separated substrings of measurement names to run")
+    parser.add_argument(
+        "--measurement",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run this measurement (its exact name; repeat for more); with --only, either may pick it",
+    )
     env = os.environ.get
     parser.add_argument(
         "--broker-url",
@@ -149,9 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     size = SIZES["quick" if args.quick else "full"]
     todo = measurements(size)
-    if args.only:
+    unknown = sorted(set(args.measurement) - set(todo))
+    if unknown:
+        raise SystemExit(f"bench: no measurement named {', '.join(map(repr, unknown))}")
+    if args.only or args.measurement:
         wanted = [w.strip() for w in args.only.split(",") if w.strip()]
-        todo = {k: v for k, v in todo.items() if any(w in k for w in wanted)}
+        todo = {k: v for k, v in todo.items() if k in args.measurement or any(w in k for w in wanted)}
     upgrade(args.database_url)
     started = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="magnetiq-bench-") as tmp:
