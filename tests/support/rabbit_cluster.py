@@ -39,6 +39,10 @@ _QUEUE_INFO = (
 )
 
 
+#: One node's view: {partitions it records, nodes running, whether its RabbitMQ application runs}.
+_VIEW = "{rabbit_node_monitor:partitions(), rabbit_nodes:all_running(), rabbit:is_running()}."
+
+
 class RabbitCluster:
     """Three ``RabbitNode``s joined into one cluster."""
 
@@ -101,8 +105,24 @@ class RabbitCluster:
         self.frozen.discard(node.nodename)
 
     def await_all(self, timeout: float = 120) -> None:
-        """Wait until every node runs in the cluster again."""
-        wait_until(lambda: self.running() == len(self.nodes), timeout, "every node to run in the cluster")
+        """Wait until every node runs in the cluster again (the error says how each node sees it)."""
+        try:
+            wait_until(lambda: self.running() == len(self.nodes), timeout, "every node to run in the cluster")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; {self.views()}") from exc
+
+    def views(self) -> str:
+        """How each live node sees the cluster: the partitions it records and the nodes it runs with."""
+        seen = []
+        for node in self.nodes:
+            if node.pid is None or node.nodename in self.frozen:
+                continue
+            try:
+                view = node.ctl("eval", _VIEW, timeout=30).strip()
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                view = f"unreachable ({str(exc)[:80]})"
+            seen.append(f"{node.nodename}: {view}")
+        return "; ".join(seen)
 
     def namespace_of(self, node: RabbitNode) -> Namespace:
         """The network namespace ``node`` runs in (clusters made with a ``network``)."""
