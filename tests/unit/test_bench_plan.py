@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.bench.plan import FIGURES, PLAIN, SEED, SIZES, Figure, measurements, plain_argv, seed_argv
-from tests.bench.report import verdict
+from tests.bench.report import table, verdict
 
 
 class Touched(Exception):
@@ -71,3 +71,15 @@ def test_a_ratio_target_and_an_absolute_limit_must_both_hold() -> None:
     assert verdict(figure, 4.0, 0.4) == ("<= 0.5x, <= 5 ms", True)
     assert verdict(figure, 4.0, 0.6)[1] is False
     assert verdict(Figure("rate", "fleet", "base", None), 1.0, 1.0) == ("-", None)
+
+
+def test_a_full_run_prints_a_row_for_every_figure_against_its_baseline() -> None:
+    # given a sample for every measurement the plan takes (the smoke run takes one per code path)
+    samples = {name: [{"value": 2.0, "db_ms": 1.0, "db_share": 0.2}] for name in measurements(SIZES["quick"])}
+
+    # when the table is rendered, then every figure has its row, naming its baseline
+    lines, _ = table(samples)
+    for figure in FIGURES:
+        assert any(line.startswith(f"| {figure.name} |") and figure.baseline in line for line in lines), (
+            figure
+        )
