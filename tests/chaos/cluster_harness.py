@@ -49,6 +49,8 @@ class ClusterChaos(Chaos):
         celery_app.set_current()  # the new app made itself current
         #: Wall-clock moments the faults of this case struck (``fault_at``).
         self.faults: list[float] = []
+        #: Operator steps a case had to take (shown after its name in the table).
+        self.remarks: list[str] = []
 
     def broker(self) -> Connection:
         """A kombu connection to whichever node answers first (the failover list)."""

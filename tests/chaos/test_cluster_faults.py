@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import pytest
-
 from tests.chaos.cluster_harness import ClusterChaos
 from tests.chaos.harness import Operation
 from tests.support.rabbit_cluster import NET_TICKTIME
 
+#: Seconds a node cut off and reconnected has to run in the cluster again by itself.
+REJOIN = 60
 #: Seconds between operations, so the producer is still publishing when the faults land.
 PACE = 0.05
 
@@ -35,6 +35,8 @@ def under_load(chaos: ClusterChaos, case: str, count: int, fault: Callable[[list
             operations += [emails[i // 5], maintenance[i // 5]]
     report = chaos.run(case, operations, lambda: fault(operations), interval=PACE)
     report.recovery = chaos.recovery()
+    if chaos.remarks:
+        report.case += f" ({'; '.join(chaos.remarks)})"
     assert report.succeeded == len(operations)
 
 
@@ -109,16 +111,21 @@ def test_one_node_partitioned_from_the_other_two(partition_chaos: ClusterChaos) 
     def fault(operations: list[Operation]) -> None:
         chaos.midway(operations, 60, 30)
         leader = chaos.leader("booking")
+        logged = leader.log.stat().st_size
         chaos.fault_at()
         network.cut(chaos.cluster.namespace_of(leader))  # its link down: no one reaches it, nor it anyone
         time.sleep(3 * NET_TICKTIME)  # the majority declares it down; it pauses itself (pause_minority)
         network.mend(chaos.cluster.namespace_of(leader))
         try:
+            chaos.cluster.await_all(timeout=REJOIN)
+        except TimeoutError:
+            if not chaos.cluster.hung_in_global_sync(leader, logged):
+                raise
+            # The runbook's step for a node whose boot hangs after a pause (deploy/README.md):
+            # restart it. The drain goes on meanwhile; the counts below hold either way.
+            chaos.remarks.append("boot hung in global:sync, node restarted")
+            leader.stop()
+            leader.start()
             chaos.cluster.await_all()
-        except TimeoutError as exc:
-            # Open: in about half the runs here the cut-off node is still out of reach of
-            # rabbitmqctl two minutes after its link is up. Reported with each node's view;
-            # a run whose cluster re-forms must still account for everything.
-            pytest.xfail(f"the cut-off node did not rejoin: {exc}")
 
     under_load(chaos, f"cluster: booking leader partitioned {3 * NET_TICKTIME} s, healed", 200, fault)

@@ -120,9 +120,22 @@ class RabbitCluster:
             try:
                 view = node.ctl("eval", _VIEW, timeout=30).strip()
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                view = f"unreachable ({str(exc)[:80]})"
+                view = f"unreachable ({str(exc)[-300:]})"
             seen.append(f"{node.nodename}: {view}")
         return "; ".join(seen)
+
+    def hung_in_global_sync(self, node: RabbitNode, log_offset: int) -> bool:
+        """Whether ``node``'s RabbitMQ application, started again after a pause, hangs in its boot.
+
+        RabbitMQ 3.10 on Erlang 25: a node resuming from ``pause_minority`` can
+        wait forever in the boot's ``global:sync()``. RabbitMQ's own workaround
+        (a faked nodedown/nodeup to ``global``, logged as "Global hang
+        workaround") is a message Erlang 25's ``global`` ignores. The node
+        answers ``rabbitmqctl`` but its application never starts; restarting
+        the node ends it.
+        """
+        stuck = "Global hang workaround" in node.log_since(log_offset)
+        return stuck and node.ctl("eval", "rabbit:is_running().", timeout=30).strip() == "false"
 
     def namespace_of(self, node: RabbitNode) -> Namespace:
         """The network namespace ``node`` runs in (clusters made with a ``network``)."""

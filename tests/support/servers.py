@@ -160,6 +160,19 @@ class RabbitNode:
         self.ctl("start_app")
         self.ctl("await_startup")
 
+    @property
+    def log(self) -> Path:
+        """This node's own log file."""
+        return self.base / "log" / f"{self.nodename}.log"
+
+    def log_since(self, offset: int) -> str:
+        """What this node logged past byte ``offset`` (a size ``log.stat()`` gave earlier)."""
+        if not self.log.exists():
+            return ""
+        with self.log.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
     def signal(self, signum: int) -> None:
         """Send ``signum`` to this node's Erlang VM (its own process id, never a name)."""
         assert self.pid is not None
