@@ -16,6 +16,7 @@ Probes (exit 0 healthy, 1 not, with one line saying why)::
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import sys
 import tempfile
@@ -95,11 +96,8 @@ def _tick() -> None:
 
 
 def _start_native_thread(target: Any, args: tuple[Any, ...]) -> None:
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        import _thread
-
+    monkey = sys.modules.get("gevent.monkey")  # imported (and patching) under the gevent pool only
+    if monkey is None:
         _thread.start_new_thread(target, args)
         return
     monkey.get_original("_thread", "start_new_thread")(target, args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -25,11 +26,10 @@ def green_psycopg() -> bool:
     Returns:
         True if psycopg2 now yields to the gevent hub while waiting.
     """
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover
-        return False
-    if not monkey.is_module_patched("socket"):
+    # Celery's gevent pool patches before the app is imported; a process it did not
+    # patch never imports gevent (about 3 MiB) just to learn that.
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("socket"):
         return False
     from psycogreen.gevent import patch_psycopg
 

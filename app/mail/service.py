@@ -12,6 +12,7 @@ from email.utils import formataddr, parseaddr
 
 from app.mail import emails
 from app.mail.emails import Attachment, Outgoing
+from app.mail.errors import DeliveryBusy
 from app.mail.ledger import DeliveryLedger
 from app.mail.mime import POLICY
 from app.mail.render import Renderer
@@ -22,15 +23,6 @@ log = logging.getLogger(__name__)
 
 class InvalidEmail(ValueError):
     """An address or header value that must never reach SMTP."""
-
-
-class DeliveryBusy(Exception):
-    """Another attempt is sending this email right now: try again after its lease."""
-
-    def __init__(self, message: str, retry_in: float) -> None:
-        super().__init__(message)
-        #: Seconds until the other attempt's lease runs out.
-        self.retry_in = retry_in
 
 
 def message_id(key: str, domain: str = "magnetiq.mail") -> str:

@@ -15,6 +15,7 @@ from typing import Protocol
 import aiosmtplib
 
 from app.mail.bridge import BRIDGE, AsyncioBridge
+from app.mail.errors import SmtpPermanentError, SmtpTransientError
 from app.mail.mime import to_bytes
 from app.mail.pool import SmtpConfig, SmtpPool
 
@@ -23,14 +24,6 @@ __all__ = ["AioSmtpSender", "EmailSender", "SmtpConfig", "SmtpPermanentError", "
 #: A send (waiting for a connection slot and the rate limit included) is abandoned
 #: as transient after this many SMTP timeouts.
 SEND_DEADLINE_TIMEOUTS = 6
-
-
-class SmtpTransientError(Exception):
-    """The server or the network failed in a way a later attempt may not (4xx, timeouts)."""
-
-
-class SmtpPermanentError(Exception):
-    """The server refused the message for good (5xx): retrying cannot help."""
 
 
 class EmailSender(Protocol):

@@ -20,9 +20,8 @@ from app import contracts
 from app.celery_app import celery_app
 from app.mail import emails
 from app.mail.emails import Booking
+from app.mail.errors import DeliveryBusy, SmtpTransientError
 from app.mail.ledger import SENT_UNMARKED_HEADER, SentMarkRefused
-from app.mail.service import DeliveryBusy
-from app.mail.smtp import SmtpTransientError
 from app.settings import get_settings
 from app.tasks import resources
 from app.tasks.base import FleetTask, check_options

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.paths import ROOT
+from tests.support.processes import run_python
 
 #: Modules a producer (the FastAPI service) must never load by importing app.producer.
 PRODUCER_FORBIDDEN = ("app.tasks", "app.mail", "app.booking", "app.maintenance.service", "workers")
@@ -50,18 +50,19 @@ def source_files(*folders: str) -> list[Path]:
     return sorted(path for folder in folders for path in (ROOT / folder).glob("*.py"))
 
 
+def modules_loaded_by(script: str) -> list[str]:
+    """Every module a fresh interpreter has loaded after running ``script``."""
+    out = run_python("-c", f"{script}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))")
+    loaded: list[str] = json.loads(out.strip().splitlines()[-1])
+    return loaded
+
+
 def test_importing_the_producer_loads_no_task_domain_or_worker_code() -> None:
     # given a fresh interpreter
-    script = "import json, sys\nimport app.producer\nprint(json.dumps(sorted(sys.modules)))"
-
     # when it imports app.producer and lists its modules
-    completed = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
-    )
+    loaded = modules_loaded_by("import app.producer")
 
     # then none of the task, domain or worker modules were loaded
-    assert completed.returncode == 0, completed.stderr
-    loaded = json.loads(completed.stdout.strip().splitlines()[-1])
     assert "app.producer" in loaded
     assert [module for module in loaded if within(module, PRODUCER_FORBIDDEN)] == []
 
@@ -108,3 +109,18 @@ def test_the_checks_see_every_module() -> None:
     assert source_files("workers")
     for folder in DOMAIN_PACKAGES:
         assert source_files(folder), folder
+
+
+#: What only the email worker uses: booking and maintenance processes never load it.
+SENDING_ONLY = ("gevent", "aiosmtplib", "jinja2", "app.mail.smtp", "app.mail.service", "app.mail.render")
+
+
+def test_a_worker_that_does_not_send_mail_loads_no_smtp_client_gevent_or_templates() -> None:
+    # given a fresh interpreter, not patched by gevent (as a prefork worker's is)
+    # when it imports the worker's app and every task module, as a worker boots
+    boot = "import workers.entry\nworkers.entry.celery_app.loader.import_default_modules()"
+    loaded = modules_loaded_by(boot)
+
+    # then the email tasks are registered, but what sends mail was not loaded
+    assert "app.tasks.email_tasks" in loaded
+    assert [module for module in loaded if within(module, SENDING_ONLY)] == []

@@ -18,9 +18,10 @@ from sqlalchemy import text
 
 from app.db import engine_for
 from app.mail import emails
+from app.mail.errors import DeliveryBusy
 from app.mail.ledger import SqlDeliveryLedger
 from app.mail.render import Renderer
-from app.mail.service import DeliveryBusy, InvalidEmail, MailService, message_id
+from app.mail.service import InvalidEmail, MailService, message_id
 from app.mail.smtp import SmtpPermanentError, SmtpTransientError
 from app.settings import get_settings
 from tests.integration.booking_helpers import rows, scalar

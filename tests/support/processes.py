@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
+
+from tests.support.paths import ROOT
 
 
 def children(pid: int) -> list[int]:
@@ -48,3 +53,18 @@ def peak_rss_kib(pid: int) -> dict[int, int]:
             if line.startswith("VmHWM:"):
                 peaks[current] = int(line.split()[1])
     return peaks
+
+
+def run_python(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60) -> str:
+    """Run this interpreter with ``args`` in the project root; return its output (it must exit 0)."""
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout

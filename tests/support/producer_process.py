@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from typing import Any
 
 from tests.support.environment import TEST_DATABASE_URL
-from tests.support.paths import ROOT
+from tests.support.processes import run_python
 
 
 def send_as_producer(task_name: str, kwargs: dict[str, Any], broker_url: str) -> str:
@@ -19,14 +17,4 @@ def send_as_producer(task_name: str, kwargs: dict[str, Any], broker_url: str) ->
         f"print(celery_app.send_task({task_name!r}, kwargs=json.loads(sys.argv[1])).id)"
     )
     env = {**os.environ, "CELERY_BROKER_URL": broker_url, "DATABASE_URL": TEST_DATABASE_URL}
-    done = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(kwargs)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()[-1]
+    return run_python("-c", code, json.dumps(kwargs), env=env).strip().splitlines()[-1]
