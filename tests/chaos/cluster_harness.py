@@ -22,7 +22,9 @@ from sqlalchemy import text
 
 from app.celery_app import celery_app, create_celery
 from app.settings import Settings
-from tests.chaos.harness import PUBLISH_TIMEOUT, WORK_QUEUES, Chaos, Operation, Worker, send_with
+from tests.chaos.harness import WORK_QUEUES, Chaos
+from tests.chaos.operations import PUBLISH_TIMEOUT, Operation, send_with
+from tests.chaos.workers import Worker
 from tests.support.payment_provider import Ledger
 from tests.support.rabbit_cluster import RabbitCluster
 from tests.support.servers import PostgresCluster, RabbitNode

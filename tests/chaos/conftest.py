@@ -39,8 +39,9 @@ os.environ["CHAOS_LEDGER_DSN"] = POSTGRES.url(DATABASE)
 
 from app.celery_app import celery_app  # noqa: E402
 from tests.chaos.cluster_harness import ClusterChaos  # noqa: E402
-from tests.chaos.harness import Chaos, Report, render  # noqa: E402
+from tests.chaos.harness import Chaos  # noqa: E402
 from tests.chaos.redis_harness import RedisChaos  # noqa: E402
+from tests.chaos.report import Report, render  # noqa: E402
 from tests.support import netns  # noqa: E402
 from tests.support.pgbouncer import PgBouncer  # noqa: E402
 from tests.support.rabbit_cluster import RabbitCluster  # noqa: E402

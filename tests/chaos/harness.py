@@ -15,203 +15,48 @@ producer was told failed), or a dead-lettered message.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from amqp.exceptions import AMQPError
-from celery import Celery
 from kombu import Connection
 from kombu.exceptions import KombuError
-from kombu.utils.uuid import uuid
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from app import contracts
-from app.celery_app import celery_app
 from app.db import engine_for
 from app.migrate import upgrade
-from app.producer import publish
 from app.settings import sqlalchemy_url
-from routing import declare_topology, names
+from routing import declare_topology
 from routing.topology import DEAD_LETTER_QUEUES, TASK_QUEUES
 from tests.chaos import faults
-from tests.chaos.ledger import Execution, charges_per_payment, payment_of, read_executions, store_executions
+from tests.chaos.ledger import (
+    LEDGER_DDL,
+    Execution,
+    charges_per_payment,
+    read_executions,
+    store_executions,
+)
+from tests.chaos.operations import Operation, outcome_of, publish_as_producer
 from tests.chaos.report import Report, render
 from tests.chaos.smtp import FaultySmtp
+from tests.chaos.workers import Worker
 from tests.support.payment_provider import Ledger
-from tests.support.processes import descendants, pid_alive
+from tests.support.processes import descendants
 from tests.support.servers import PostgresCluster, RabbitNode
 from tests.support.waiting import wait_until as wait_for
-from tests.support.worker_process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK_QUEUES = [queue.name for queue in TASK_QUEUES]
 ALL_QUEUES = [*WORK_QUEUES, *(queue.name for queue in DEAD_LETTER_QUEUES)]
 #: Seconds the producer keeps retrying one operation before it reports it refused.
 PRODUCER_DEADLINE = 90.0
-#: Seconds one publish call may take (each confirm wait and connection attempt).
-PUBLISH_TIMEOUT = 5.0
-#: The fleet's tasks the cases publish through the producer API, with their argument models.
-MODELS: dict[str, type[contracts.Arguments]] = {
-    contracts.PROCESS_PAYMENT: contracts.ProcessPaymentArgs,
-    contracts.SEND_WELCOME_EMAIL: contracts.WelcomeEmailArgs,
-    contracts.SEND_BOOKING_CONFIRMATION: contracts.BookingConfirmationArgs,
-}
-#: The job name and first slot of the maintenance operations (``Chaos.maintenance``): one slot a
-#: second from a moment no payment or email number reaches.
-MAINTENANCE_JOB = "chaos-drain"
-MAINTENANCE_SLOTS = datetime(2040, 1, 1, tzinfo=UTC)
-#: The email tasks: a success means a message the SMTP server accepted.
-EMAIL_TASKS = (contracts.SEND_WELCOME_EMAIL, contracts.SEND_BOOKING_CONFIRMATION)
-
-LEDGER_DDL = """
-CREATE TABLE IF NOT EXISTS chaos_executions (
-    op bigint, task_id text, task_name text, pid integer, at timestamptz NOT NULL DEFAULT clock_timestamp());
-CREATE TABLE IF NOT EXISTS chaos_effects (
-    op bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
-CREATE OR REPLACE FUNCTION chaos_payment_effect() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN INSERT INTO chaos_effects (op) VALUES (NEW.id); RETURN NEW; END $$;
-CREATE OR REPLACE TRIGGER chaos_payment_effect AFTER UPDATE ON payments FOR EACH ROW
-    WHEN (NEW.status = 'processed') EXECUTE FUNCTION chaos_payment_effect();
-CREATE OR REPLACE FUNCTION chaos_run_effect() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN INSERT INTO chaos_effects (op) VALUES (extract(epoch FROM NEW.slot)::bigint); RETURN NEW; END $$;
-CREATE OR REPLACE TRIGGER chaos_run_effect AFTER INSERT OR UPDATE ON periodic_runs FOR EACH ROW
-    WHEN (NEW.status = 'started') EXECUTE FUNCTION chaos_run_effect();
-"""
-
-
-@dataclass
-class Operation:
-    """One task the harness asked for, as the producer saw it."""
-
-    op: int
-    task_name: str
-    expect: str  # "success", "failure" or "dlq"
-    task_id: str = field(default_factory=uuid)
-    attempts: int = 0
-    confirmed: bool = False
-    error: str | None = None
-    slowest: float = 0.0
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        """The task's keyword arguments."""
-        if self.task_name == contracts.PROCESS_PAYMENT:
-            return {"payment_id": self.op}
-        if self.task_name == contracts.SEND_WELCOME_EMAIL:
-            return {"user_email": recipient(self.op), "user_name": f"User {self.op}"}
-        if self.task_name == contracts.SEND_BOOKING_CONFIRMATION:
-            return {
-                "to": recipient(self.op),
-                "name": f"User {self.op}",
-                "booking_ref": f"BK-{self.op}",
-                "resource": "Studio A",
-                "starts_at": "2026-12-01T10:00:00+01:00",
-                "ends_at": "2026-12-01T11:30:00+01:00",
-                "idempotency_key": f"booking-confirmation:{self.op}",  # the producer's own key
-            }
-        if self.task_name == contracts.CLEANUP_OLD_SESSIONS:  # a periodic slot: ``op`` is its epoch second
-            return {"job": MAINTENANCE_JOB, "slot": datetime.fromtimestamp(self.op, UTC).isoformat()}
-        return {"op": self.op}
-
-    @property
-    def has_effect(self) -> bool:
-        """Whether success means an effect the ledger sees (a processed payment, a delivered email)."""
-        return self.task_name in (contracts.PROCESS_PAYMENT, contracts.CLEANUP_OLD_SESSIONS, *EMAIL_TASKS)
-
-
-def recipient(op: int) -> str:
-    """The address an email operation is sent to."""
-    return f"op-{op}@example.com"
-
-
-def outcome_of(
-    o: Operation, status: str | None, dead: bool, effects: Counter[int], charges: Counter[int | None]
-) -> str:
-    """How one operation ended: ``dlq``, ``success``, ``failure``, ``refused`` or ``lost``.
-
-    A success needs its effect; a payment's also needs its charge (a payment
-    marked processed that the provider never charged is lost money).
-    """
-    if dead:
-        return "dlq"
-    charged = o.task_name != contracts.PROCESS_PAYMENT or charges[o.op] >= 1
-    if status == "SUCCESS" and (not o.has_effect or effects[o.op] >= 1) and charged:
-        return "success"
-    if status == "FAILURE":
-        return "failure"
-    if not o.confirmed and o.error and not effects[o.op]:
-        return "refused"
-    return "lost"
-
-
-class Worker(WorkerProcess):
-    """A real worker process with the test-only faults module (beat runs without it)."""
-
-    def __init__(self, role: str, log_path: Path, env: dict[str, str], extra: list[str]) -> None:
-        include = [] if role == "beat" else ["--include", "tests.chaos.faults"]
-        super().__init__(role, log_path, env, [*include, *extra], append=True)
-
-    def kill(self) -> None:
-        """SIGKILL the worker and every process it started (ids read from /proc first)."""
-        family = [self.proc.pid, *descendants(self.proc.pid)]
-        for pid in family:
-            if pid_alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    signal_pid(pid, signal.SIGKILL)
-        self.proc.wait(30)
-        wait_for(lambda: not any(pid_alive(pid) for pid in family), 30, "the killed worker's processes")
-
-    def stop(self, timeout: float = 30) -> int:
-        """Warm shutdown; past ``timeout`` the worker is killed, and so is every process it started."""
-        family = descendants(self.proc.pid) if self.proc.poll() is None else []
-        code = super().stop(timeout)
-        if code == -signal.SIGKILL:
-            for pid in family:
-                if pid_alive(pid):
-                    signal_pid(pid, signal.SIGKILL)
-        return code
-
-
-def beat_role(beat: Worker) -> str | None:
-    """``leading`` or ``standby``, as the beat's log last said (None before it said either)."""
-    lines = [
-        line for line in beat.log().splitlines() if "beat: leading as" in line or "beat: standby" in line
-    ]
-    if not lines:
-        return None
-    return "leading" if "leading as" in lines[-1] else "standby"
-
-
-def signal_pid(pid: int, signum: int) -> None:
-    """Signal one process the harness started (never by name)."""
-    os.kill(pid, signum)
-
-
-def send_with(app: Celery, operation: Operation, **options: Any) -> None:
-    """Publish ``operation`` with ``app``'s ``send_task`` (the fleet's routes), retrying a failed connect.
-
-    The faults module's tasks have no route: they go to the booking queue.
-    """
-    if operation.task_name.startswith("tests."):
-        short = operation.task_name.rsplit(".", 1)[1]
-        options.update(queue=names.BOOKING, routing_key=names.routing_key(names.BOOKING, short))
-    retry_policy = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
-    app.send_task(
-        operation.task_name, kwargs=operation.kwargs, task_id=operation.task_id, timeout=PUBLISH_TIMEOUT,
-        retry=True, retry_policy=retry_policy, **options,
-    )  # fmt: skip
 
 
 class Chaos:
@@ -301,38 +146,6 @@ class Chaos:
         self.wait_consuming(worker)
         return worker
 
-    def start_beat(self, schedule: str, lease: float) -> Worker:
-        """Start a beat (the fleet's ``LeaderScheduler``) on a ``tests.integration.beat_schedules`` schedule.
-
-        Returns it once it announced itself as leader or standby.
-        """
-        env = dict(os.environ)
-        index = len(self.workers)
-        env.update(
-            MAINTENANCE_SCHEDULE=f"tests.integration.beat_schedules:{schedule}",
-            BEAT_LEASE_SECONDS=str(lease),
-            METRICS_PORT="0",
-            LOG_LEVEL="INFO",
-        )
-        beat = Worker("beat", self.tmp / f"beat-{index}.log", env, [])
-        self.workers.append(beat)
-
-        def announced() -> bool:
-            if beat.proc.poll() is not None:
-                raise AssertionError(f"beat exited:\n{beat.log()[-4000:]}")
-            return beat_role(beat) is not None
-
-        wait_for(announced, 60, "beat to lead or stand by")
-        return beat
-
-    def slots(self, job: str) -> list[tuple[Any, str]]:
-        """(slot, task id) of every run ``periodic_runs`` records for ``job``, by slot."""
-        with self.engine.connect() as db:
-            rows = db.execute(
-                text("SELECT slot, task_id FROM periodic_runs WHERE job = :job ORDER BY slot"), {"job": job}
-            )
-            return [(row.slot, row.task_id) for row in rows]
-
     def signal(self, pid: int, signum: int) -> None:
         """Signal a process of one of this case's workers (checked against their process trees)."""
         family = {p for w in self.workers for p in (w.proc.pid, *descendants(w.proc.pid))}
@@ -357,31 +170,6 @@ class Chaos:
         except Exception:
             return 0
 
-    def kill_mid_charge(self, worker: Worker, spared: set[int]) -> int:
-        """SIGKILL the pool process of ``worker`` that waits for the provider's reply to a charge.
-
-        The provider makes the next charge of a payment not in ``spared`` and
-        holds its reply, so the process that asked is certainly mid-task (the
-        money moved, the payment row not yet updated) when it is killed; the
-        reply is released only after the process is gone. Returns the payment.
-        """
-        while True:
-            release, held = threading.Event(), self.provider.held
-            self.provider.hold_next_charge = release
-            wait_for(lambda: self.provider.held > held, 60, "a charge to reach the provider")  # noqa: B023
-            op = payment_of(self.provider.held_bodies[-1])
-            if op is not None and op not in spared:
-                break
-            release.set()  # a repeat of a payment already killed: let it through, hold the next one
-        try:
-            pid = self.execution_log(op)[-1].pid  # the process that started the payment last asked
-            assert pid in descendants(worker.proc.pid), f"payment {op} runs in {pid}, not a pool process"
-            self.signal(pid, signal.SIGKILL)
-            wait_for(lambda: not pid_alive(pid), 30, f"pool process {pid} to die")
-        finally:
-            release.set()
-        return op
-
     # -- operations --------------------------------------------------------------------------------
 
     def emails(
@@ -392,13 +180,6 @@ class Chaos:
             self.smtp = FaultySmtp()
             self.smtp.start()
         return [Operation(op, task_name, "success") for op in range(first, first + count)]
-
-    def maintenance(self, count: int) -> list[Operation]:
-        """``count`` periodic runs, one slot each (a run's start is its effect), as beat sends them."""
-        first = int(MAINTENANCE_SLOTS.timestamp())
-        return [
-            Operation(op, contracts.CLEANUP_OLD_SESSIONS, "success") for op in range(first, first + count)
-        ]
 
     def payments(self, count: int, first: int = 1) -> list[Operation]:
         """Create ``count`` pending payments; return one process-payment operation for each."""
@@ -447,17 +228,7 @@ class Chaos:
             time.sleep(0.5)
 
     def _publish(self, operation: Operation) -> None:
-        model = MODELS.get(operation.task_name)
-        if model is not None:
-            publish(
-                operation.task_name,
-                model,
-                operation.kwargs,
-                task_id=operation.task_id,
-                timeout=PUBLISH_TIMEOUT,
-            )
-            return
-        send_with(celery_app, operation, confirm_timeout=PUBLISH_TIMEOUT)
+        publish_as_producer(operation)
 
     def produce(
         self, operations: list[Operation], copies: int = 1, interval: float = 0.0
@@ -476,33 +247,6 @@ class Chaos:
         thread = threading.Thread(target=run, name="chaos-producer", daemon=True)
         thread.start()
         return thread
-
-    def outbox_operations(self) -> list[Operation]:
-        """One confirmed operation per committed outbox row (the commit is the producer's confirmation)."""
-        with self.engine.connect() as db:
-            rows = db.execute(text("SELECT task_id, kwargs FROM task_outbox ORDER BY id")).all()
-        return [
-            Operation(int(kwargs["payment_id"]), contracts.PROCESS_PAYMENT, "success", task_id, 1, True)
-            for task_id, kwargs in rows
-        ]
-
-    def published_from_outbox(self) -> int:
-        """Outbox rows the relay stamped sent."""
-        with self.engine.connect() as db:
-            return int(
-                db.execute(text("SELECT count(*) FROM task_outbox WHERE sent_at IS NOT NULL")).scalar_one()
-            )
-
-    def start_relay(self) -> subprocess.Popen[bytes]:
-        """Run ``magnetiq outbox relay`` (polling every 0.2 s) as a process of this case."""
-        log = (self.tmp / f"relay-{len(self.processes)}.log").open("ab")
-        relay = subprocess.Popen(
-            [str(Path(sys.executable).parent / "magnetiq"), "outbox", "relay", "--interval", "0.2"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        log.close()
-        self.processes.append(relay)
-        return relay
 
     # -- drain and count ---------------------------------------------------------------------------
 
@@ -648,4 +392,4 @@ class Chaos:
         return report
 
 
-__all__ = ["Chaos", "Operation", "Report", "beat_role", "faults", "render", "send_with"]
+__all__ = ["Chaos", "faults"]

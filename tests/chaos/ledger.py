@@ -73,3 +73,20 @@ def charges_per_payment(ledger: Ledger) -> Counter[int | None]:
     with ledger.lock:
         charges = list(ledger.charges.values())
     return Counter(payment_of(charge) for charge in charges)
+
+
+#: The tables and triggers that record executions and effects (created once per case).
+LEDGER_DDL = """
+CREATE TABLE IF NOT EXISTS chaos_executions (
+    op bigint, task_id text, task_name text, pid integer, at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE IF NOT EXISTS chaos_effects (
+    op bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE OR REPLACE FUNCTION chaos_payment_effect() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO chaos_effects (op) VALUES (NEW.id); RETURN NEW; END $$;
+CREATE OR REPLACE TRIGGER chaos_payment_effect AFTER UPDATE ON payments FOR EACH ROW
+    WHEN (NEW.status = 'processed') EXECUTE FUNCTION chaos_payment_effect();
+CREATE OR REPLACE FUNCTION chaos_run_effect() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO chaos_effects (op) VALUES (extract(epoch FROM NEW.slot)::bigint); RETURN NEW; END $$;
+CREATE OR REPLACE TRIGGER chaos_run_effect AFTER INSERT OR UPDATE ON periodic_runs FOR EACH ROW
+    WHEN (NEW.status = 'started') EXECUTE FUNCTION chaos_run_effect();
+"""

@@ -25,7 +25,9 @@ from app.celery_app import celery_app, create_celery
 from app.settings import Settings
 from routing import declare_topology, names
 from routing.redis_transport import Transport
-from tests.chaos.harness import WORK_QUEUES, Chaos, Operation, Worker, send_with
+from tests.chaos.harness import WORK_QUEUES, Chaos
+from tests.chaos.operations import Operation, send_with
+from tests.chaos.workers import Worker
 from tests.support.payment_provider import Ledger
 from tests.support.redis_server import RedisServer
 from tests.support.servers import PostgresCluster, RabbitNode

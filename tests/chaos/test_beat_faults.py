@@ -7,12 +7,15 @@ import random
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import text
 
 from app import contracts
 from app.maintenance.runs import slot_task_id
-from tests.chaos.harness import Chaos, Operation, Worker, beat_role
+from tests.chaos.harness import Chaos
+from tests.chaos.operations import Operation
+from tests.chaos.workers import Worker, beat_role
 from tests.support.waiting import wait_until as wait_for
 
 #: The beats' lease: a killed leader's standby takes over within about 1⅓ of it.
@@ -40,8 +43,8 @@ def leader(beats: list[Worker]) -> Worker:
 
 def more_slots(chaos: Chaos, count: int) -> None:
     """Wait until ``count`` more slots are recorded."""
-    target = len(chaos.slots(JOB)) + count
-    wait_for(lambda: len(chaos.slots(JOB)) >= target, 90, f"{count} more slots")
+    target = len(slots(chaos, JOB)) + count
+    wait_for(lambda: len(slots(chaos, JOB)) >= target, 90, f"{count} more slots")
 
 
 def random_moment(rng: random.Random) -> None:
@@ -57,7 +60,7 @@ def slot_operations(chaos: Chaos) -> list[Operation]:
 
     A second with no recorded run has a task id nothing ran under: it counts as lost.
     """
-    recorded = dict(chaos.slots(JOB))
+    recorded = dict(slots(chaos, JOB))
     first, last = min(recorded), max(recorded)
     operations = []
     slot = first
@@ -70,6 +73,40 @@ def slot_operations(chaos: Chaos) -> list[Operation]:
     return operations
 
 
+def start_beat(chaos: Chaos, schedule: str, lease: float) -> Worker:
+    """Start a beat (the fleet's ``LeaderScheduler``) on a ``tests.integration.beat_schedules`` schedule.
+
+    Returns it once it announced itself as leader or standby.
+    """
+    env = dict(os.environ)
+    index = len(chaos.workers)
+    env.update(
+        MAINTENANCE_SCHEDULE=f"tests.integration.beat_schedules:{schedule}",
+        BEAT_LEASE_SECONDS=str(lease),
+        METRICS_PORT="0",
+        LOG_LEVEL="INFO",
+    )
+    beat = Worker("beat", chaos.tmp / f"beat-{index}.log", env, [])
+    chaos.workers.append(beat)
+
+    def announced() -> bool:
+        if beat.proc.poll() is not None:
+            raise AssertionError(f"beat exited:\n{beat.log()[-4000:]}")
+        return beat_role(beat) is not None
+
+    wait_for(announced, 60, "beat to lead or stand by")
+    return beat
+
+
+def slots(chaos: Chaos, job: str) -> list[tuple[Any, str]]:
+    """(slot, task id) of every run ``periodic_runs`` records for ``job``, by slot."""
+    with chaos.engine.connect() as db:
+        rows = db.execute(
+            text("SELECT slot, task_id FROM periodic_runs WHERE job = :job ORDER BY slot"), {"job": job}
+        )
+        return [(row.slot, row.task_id) for row in rows]
+
+
 def test_beat_leader_killed_at_random_moments(chaos: Chaos) -> None:
     seed = int(os.environ.get("CHAOS_SEED") or time.time_ns())
     rng = random.Random(seed)
@@ -77,9 +114,9 @@ def test_beat_leader_killed_at_random_moments(chaos: Chaos) -> None:
 
     # given a real maintenance worker and two beats on a per-second schedule
     chaos.start_worker("maintenance")
-    beats = [chaos.start_beat("EVERY_SECOND", LEASE_SECONDS)]
+    beats = [start_beat(chaos, "EVERY_SECOND", LEASE_SECONDS)]
     leader(beats)
-    beats.append(chaos.start_beat("EVERY_SECOND", LEASE_SECONDS))
+    beats.append(start_beat(chaos, "EVERY_SECOND", LEASE_SECONDS))
     assert beat_role(beats[1]) == "standby"
     more_slots(chaos, 3)
 
@@ -89,7 +126,7 @@ def test_beat_leader_killed_at_random_moments(chaos: Chaos) -> None:
         victim = leader(beats)
         random_moment(rng)
         victim.kill()
-        beats.append(chaos.start_beat("EVERY_SECOND", LEASE_SECONDS))
+        beats.append(start_beat(chaos, "EVERY_SECOND", LEASE_SECONDS))
         leader(beats)
         more_slots(chaos, 2)
     # the standby stops first: a leader stopped first releases its lease on the way out, and the
@@ -114,7 +151,7 @@ def test_beat_leader_killed_at_random_moments(chaos: Chaos) -> None:
     assert {op: effects[op] for op in (o.op for o in operations)} == {o.op: 1 for o in operations}, seed
     # and every message that ran carried its slot's task id: no message outside a committed claim
     # (a relay killed between a confirm and its stamp sends a second copy, under the same id)
-    claimed = {int(slot.timestamp()): task_id for slot, task_id in chaos.slots(JOB)}
+    claimed = {int(slot.timestamp()): task_id for slot, task_id in slots(chaos, JOB)}
     strays = [(op, task_id) for op, task_id in executed if task_id != claimed[op]]
     assert strays == [], f"seed {seed}"
     assert all(task_id == slot_task_id(JOB, at(op)) for op, task_id in claimed.items())

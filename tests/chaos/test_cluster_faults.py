@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 from tests.chaos.cluster_harness import ClusterChaos
-from tests.chaos.harness import Operation
+from tests.chaos.operations import Operation, maintenance_runs
 from tests.support.rabbit_cluster import NET_TICKTIME
 
 #: Seconds a node cut off and reconnected has to run in the cluster again by itself.
@@ -23,7 +23,7 @@ def under_load(chaos: ClusterChaos, case: str, count: int, fault: Callable[[list
     server, every maintenance slot run once.
     """
     emails = chaos.emails(count // 5, first=count + 1)  # before the workers: they get its address
-    maintenance = chaos.maintenance(count // 5)
+    maintenance = maintenance_runs(count // 5)
     chaos.start_worker("booking", "--concurrency", "2", delay=0.05)
     chaos.start_worker("email", "--concurrency", "20")
     chaos.start_worker("maintenance")

@@ -6,7 +6,8 @@ It also counts what happens while its own database is down.
 from __future__ import annotations
 
 from tests.chaos.faults import APPLY_UNGUARDED, CHARGE_UNGUARDED, TOUCH_NOTHING
-from tests.chaos.harness import Chaos, Operation
+from tests.chaos.harness import Chaos
+from tests.chaos.operations import Operation
 from tests.support.waiting import wait_until
 
 

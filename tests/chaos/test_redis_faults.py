@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from tests.chaos.faults import ALWAYS_CRASH, ALWAYS_RAISE
-from tests.chaos.harness import Operation
+from tests.chaos.operations import Operation
 from tests.chaos.redis_harness import MALFORMED, RedisChaos
 from tests.support.waiting import wait_until
 

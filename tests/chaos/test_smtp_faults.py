@@ -6,7 +6,8 @@ import time
 
 from app import contracts
 from app.mail.service import message_id
-from tests.chaos.harness import Chaos, Operation, recipient
+from tests.chaos.harness import Chaos
+from tests.chaos.operations import Operation, recipient
 from tests.chaos.smtp import FaultySmtp
 from tests.support.waiting import wait_until
 

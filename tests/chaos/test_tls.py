@@ -30,7 +30,7 @@ from app.migrate import upgrade
 from app.producer import send
 from app.settings import Settings, sqlalchemy_url
 from routing import declare_topology
-from tests.chaos.harness import Worker
+from tests.chaos.workers import Worker
 from tests.support.servers import PostgresCluster, RabbitNode
 from tests.support.waiting import wait_until
 

@@ -2,14 +2,47 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+
 from tests.chaos.faults import ALWAYS_CRASH, ALWAYS_RAISE
-from tests.chaos.harness import Chaos, Operation
+from tests.chaos.harness import Chaos
+from tests.chaos.ledger import payment_of
+from tests.chaos.operations import Operation
+from tests.chaos.workers import Worker
+from tests.support.processes import descendants, pid_alive
 from tests.support.waiting import wait_until
 
 
 def progress(chaos: Chaos, executions: int) -> None:
     """Wait until the workers have started ``executions`` tasks in all."""
     wait_until(lambda: chaos.executions() >= executions, 120, f"{executions} task executions")
+
+
+def kill_mid_charge(chaos: Chaos, worker: Worker, spared: set[int]) -> int:
+    """SIGKILL the pool process of ``worker`` that waits for the provider's reply to a charge.
+
+    The provider makes the next charge of a payment not in ``spared`` and
+    holds its reply, so the process that asked is certainly mid-task (the
+    money moved, the payment row not yet updated) when it is killed; the
+    reply is released only after the process is gone. Returns the payment.
+    """
+    while True:
+        release, held = threading.Event(), chaos.provider.held
+        chaos.provider.hold_next_charge = release
+        wait_until(lambda: chaos.provider.held > held, 60, "a charge to reach the provider")  # noqa: B023
+        op = payment_of(chaos.provider.held_bodies[-1])
+        if op is not None and op not in spared:
+            break
+        release.set()  # a repeat of a payment already killed: let it through, hold the next one
+    try:
+        pid = chaos.execution_log(op)[-1].pid  # the process that started the payment last asked
+        assert pid in descendants(worker.proc.pid), f"payment {op} runs in {pid}, not a pool process"
+        chaos.signal(pid, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(pid), 30, f"pool process {pid} to die")
+    finally:
+        release.set()
+    return op
 
 
 def test_kill_9_a_prefork_child_mid_task(chaos: Chaos) -> None:
@@ -22,7 +55,7 @@ def test_kill_9_a_prefork_child_mid_task(chaos: Chaos) -> None:
     def fault() -> None:
         for round_ in range(1, 4):
             progress(chaos, 30 * round_)
-            killed.append(chaos.kill_mid_charge(worker, spared=set(killed)))
+            killed.append(kill_mid_charge(chaos, worker, spared=set(killed)))
 
     report = chaos.run("kill -9 prefork child", operations, fault)
     assert report.succeeded == 150
