@@ -83,6 +83,18 @@ def stop_metrics() -> None:
         server.server_close()
 
 
+#: Celery's loggers of the per-task lines (received; succeeded and retried).
+PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
+@signals.after_setup_logger.connect
+def _on_setup_logger(**_: Any) -> None:
+    # Runs before the consumer and the tracers are built: both read the level once.
+    if not get_settings().log_each_task:
+        for name in PER_TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 @signals.worker_init.connect
 def _on_worker_init(sender: Any, **_: Any) -> None:
     settings = get_settings()

@@ -117,7 +117,9 @@ def drains(size: dict[str, int]) -> dict[str, Measure]:
     fleet, plain_booking = fleet_argv("booking"), plain_argv("prefork", CORES, 1, "booking")
     quiet_booking = plain_argv("prefork", CORES, 1, "booking", quiet=True)
 
-    def fleet_booking(ignore_result: bool = False, metrics: bool = True) -> Measure:
+    def fleet_booking(
+        ignore_result: bool = False, metrics: bool = True, log_each_task: bool = False
+    ) -> Measure:
         return lambda b: measure_drain(
             b,
             fleet,
@@ -125,6 +127,7 @@ def drains(size: dict[str, int]) -> dict[str, Measure]:
             size["fleet"],
             ignore_result=ignore_result,
             METRICS_PORT=str(free_port()) if metrics else "0",
+            LOG_EACH_TASK=str(log_each_task).lower(),
         )
 
     def plain(argv: list[str], queue: str, n: int) -> Measure:
@@ -146,6 +149,7 @@ def drains(size: dict[str, int]) -> dict[str, Measure]:
         "fleet booking, results, metrics on": fleet_booking(),
         "fleet booking, results, metrics off": fleet_booking(metrics=False),
         "fleet booking, results ignored": fleet_booking(ignore_result=True),
+        "fleet booking, results, each task logged": fleet_booking(log_each_task=True),
         "plain booking, stock db backend": plain(plain_booking, "booking", size["plain"]),
         "plain booking, stock db, quiet start": plain(quiet_booking, "booking", size["plain_quiet"]),
         "seed setup, Redis broker and results": seed(ignore_result=False),
@@ -323,6 +327,8 @@ FIGURES = (
         at_most=True,
     ),
     Figure("throughput with metrics on", _FLEET, "fleet booking, results, metrics off", 0.97),
+    # What Celery's line per task costs (LOG_EACH_TASK=true) against the default, without them.
+    Figure("booking drain, each task logged", "fleet booking, results, each task logged", _FLEET, None),
     # Where a stored result's time goes: the backend's own overhead, then the WAL flush.
     Figure(_STORE, "fleet result store", "raw psycopg2 upsert", None, unit="results/s"),
     Figure(_STORE, "fleet result store", "raw psycopg2 upsert, async commit", None, unit="results/s"),

@@ -69,6 +69,7 @@ def workers(start_worker: Callable[..., WorkerProcess], calendar_dir: Path) -> l
     env = {
         "CALENDAR_EXPORT_DIR": str(calendar_dir),
         "BOOKING_IMPORT_CHUNK_SIZE": "2",
+        "LOG_EACH_TASK": "true",  # a test reads which worker received which copy
     }
     return [
         start_worker("booking", "--concurrency", "2", **env),
