@@ -159,7 +159,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     #: Celery's line per task received, succeeded and retried (INFO). Off by default:
     #: they cost a prefork booking worker about 10-15 % of its throughput, and the
-    #: metrics count the same events. Failures are logged either way.
+    #: metrics count the same events. Failures and retries are logged either way.
     log_each_task: bool = False
     #: Seconds a beat replica's leader lease lasts; the leader renews it every third of that,
     #: and a standby takes over at most this long (plus a third) after the leader died.

@@ -83,7 +83,7 @@ def stop_metrics() -> None:
         server.server_close()
 
 
-#: Celery's loggers of the per-task lines (received; succeeded and retried).
+#: Celery's loggers of the per-task lines (received; succeeded and retried; a retry keeps its line below).
 PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 
 
@@ -93,6 +93,14 @@ def _on_setup_logger(**_: Any) -> None:
     if not get_settings().log_each_task:
         for name in PER_TASK_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@signals.task_retry.connect
+def _on_task_retry(sender: Any, request: Any = None, reason: Any = None, **_: Any) -> None:
+    # With the per-task lines off, a retry keeps its line, in Celery's words: retries
+    # are rare, and their reason (a 421, a busy key) is what an operator looks for.
+    if not get_settings().log_each_task:
+        log.info("Task %s[%s] retry: %s", sender.name, getattr(request, "id", None), reason)
 
 
 @signals.worker_init.connect

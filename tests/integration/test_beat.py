@@ -72,9 +72,9 @@ def maintenance_worker(broker: Connection, database: Any, tmp_path: Path) -> Ite
     started: list[WorkerProcess] = []
 
     def start(*extra: str) -> WorkerProcess:
-        worker = WorkerProcess(
-            "maintenance", tmp_path / f"worker-{len(started)}.log", worker_env(), list(extra)
-        )
+        # LOG_EACH_TASK: tests read what a copy of a slot's message returned from its succeeded line
+        env = worker_env(LOG_EACH_TASK="true")
+        worker = WorkerProcess("maintenance", tmp_path / f"worker-{len(started)}.log", env, list(extra))
         started.append(worker)
 
         def consuming() -> bool:

@@ -41,8 +41,15 @@ BOOKING = {"booking_ref": "BK-42", "resource": "Studio A", "starts_at": START}
 
 @pytest.fixture(scope="module")
 def email_worker(start_worker: Callable[..., WorkerProcess], smtp_server: ScriptedSmtp) -> WorkerProcess:
-    # SMTP_TIMEOUT above the slowest reply scripted here (8 s)
-    return start_worker("email", SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_server.port), SMTP_TIMEOUT="30")
+    # SMTP_TIMEOUT above the slowest reply scripted here (8 s); a test reads what a
+    # redelivered task returned from its succeeded line
+    return start_worker(
+        "email",
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT=str(smtp_server.port),
+        SMTP_TIMEOUT="30",
+        LOG_EACH_TASK="true",
+    )
 
 
 def delivery(database: Any, key: str) -> dict[str, Any]:

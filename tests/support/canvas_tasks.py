@@ -29,6 +29,14 @@ def fail(message: str) -> None:
     raise ValueError(message)
 
 
+@celery_app.task(name="tests.canvas.retry_once", bind=True, max_retries=1)
+def retry_once(self: Any, message: str) -> int:
+    """Ask for one retry (``ValueError(message)``) at once; return how many retries it took."""
+    if self.request.retries == 0:
+        raise self.retry(exc=ValueError(message), countdown=0)
+    return int(self.request.retries)
+
+
 @celery_app.task(name="tests.canvas.tally")
 def tally(values: Any, path: str) -> Any:
     """Append one line per run to ``path``; return ``values`` (a chord body's header results)."""
