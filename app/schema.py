@@ -8,6 +8,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -92,6 +93,16 @@ result_waiters = Table(
     Column("task_id", String(155), primary_key=True),
     Column("waiter", String(64), primary_key=True),
     Column("since", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+#: One row per cancelled task (``magnetiq task cancel``, ``app.producer.cancel``): workers load
+#: them at start and poll for new ones (``seq``), skip the task when it arrives and record REVOKED.
+task_cancellations = Table(
+    "task_cancellations",
+    metadata,
+    Column("task_id", String(155), primary_key=True),
+    Column("seq", BigInteger, Identity(always=True), nullable=False, unique=True),
+    Column("cancelled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 #: Web sessions of the FastAPI product; maintenance expires old ones.

@@ -189,6 +189,9 @@ class Settings(BaseSettings):
     task_soft_time_limit: int = Field(default=120, gt=0)
     #: Seconds after which a prefork task's process is killed.
     task_time_limit: int = Field(default=150, gt=0)
+    #: Seconds a running task that was cancelled (``magnetiq task cancel``) has to
+    #: return (``FleetTask.stop_if_cancelled``) before the worker terminates it.
+    cancel_grace_seconds: float = Field(default=30.0, ge=0)
 
     #: Message signing (Celery's ``auth`` serializer): this process's private key
     #: (PEM file), its certificate, and the trusted certificates of every signer

@@ -9,6 +9,7 @@ from __future__ import annotations
 from app.celery_app import celery_app
 from app.settings import get_settings
 from workers import metrics, profiles
+from workers.cancels import Cancels
 from workers.health import Heartbeat, Readiness
 from workers.signals import DeclareTopology, green_psycopg
 
@@ -29,6 +30,7 @@ if settings.broker == "redis":
     )
 celery_app.steps["consumer"].add(DeclareTopology)
 celery_app.steps["consumer"].add(Readiness)
+celery_app.steps["consumer"].add(Cancels)
 celery_app.steps["worker"].add(Heartbeat)
 metrics.install(settings)
 

@@ -53,6 +53,7 @@ TASK_SUCCEEDED = Counter("celery_task_succeeded", "Tasks that returned.", _TASK)
 TASK_FAILED = Counter("celery_task_failed", "Tasks that raised.", (*_TASK, "exception"))
 TASK_RETRIED = Counter("celery_task_retried", "Tasks that asked to be retried.", _TASK)
 TASK_REJECTED = Counter("celery_task_rejected", "Messages rejected: unknown task or format.", _TASK)
+TASK_REVOKED = Counter("celery_task_revoked", "Tasks revoked: cancelled, expired or terminated.", _TASK)
 TASK_RUNTIME = Histogram("celery_task_runtime", "Task run time, seconds.", _TASK, buckets=RUNTIME_BUCKETS)
 _WAIT = ("magnetiq_task_queue_wait_seconds", "Seconds from publish (or ETA) to start, from sent_at.")
 QUEUE_WAIT = Histogram(*_WAIT, _TASK, buckets=WAIT_BUCKETS)
@@ -211,6 +212,12 @@ def _on_retry(sender: Any, **_: Any) -> None:
     worker_series(sender.name).retried.inc()
 
 
+def _on_revoked(sender: Any = None, **_: Any) -> None:
+    # Sent by the worker that skipped or terminated the task, or by a task that stopped itself.
+    found = worker_series(getattr(sender, "name", None) or UNKNOWN)
+    TASK_REVOKED.labels(found.name, found.queue).inc()
+
+
 def _on_rejected(message: Any = None, **_: Any) -> None:
     # The task name of an unknown or malformed message is the sender's data: never a label.
     routing_key = (getattr(message, "delivery_info", None) or {}).get("routing_key")
@@ -231,6 +238,7 @@ TASK_HANDLERS: tuple[tuple[Any, Callable[..., None]], ...] = (
     (signals.task_postrun, _on_postrun),
     (signals.task_failure, _on_failure),
     (signals.task_retry, _on_retry),
+    (signals.task_revoked, _on_revoked),
     (signals.task_rejected, _on_rejected),
     (signals.task_unknown, _on_rejected),
 )

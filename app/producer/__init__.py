@@ -22,14 +22,18 @@ from celery.result import AsyncResult
 from kombu import Producer
 
 from app import contracts
+from app.cancellations import Cancellation, InvalidTaskId, cancel
 from app.celery_app import celery_app
 from app.publisher import PublishError, enqueue_many
 from app.settings import get_settings
 from routing.names import MAX_DELAY_SECONDS
 
 __all__ = [
+    "Cancellation",
     "Delay",
+    "InvalidTaskId",
     "PublishError",
+    "cancel",
     "delay_seconds",
     "enqueue",
     "enqueue_booking_cancellation",

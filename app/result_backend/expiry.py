@@ -44,6 +44,8 @@ class ExpiringBackend(SqlBackend):
             deleted += self._delete_expired("task_results", "task_id", cutoff, sorted(own))
             deleted += self._delete_expired("group_results", "group_id", cutoff)
             deleted += self._delete_expired("chord_counters", "group_id", cutoff)
+            # A cancellation lasts as long as a result: a message may wait that long (a DLQ replay).
+            deleted += self._execute("DELETE FROM task_cancellations WHERE cancelled_at < %s", (cutoff,))
         # Waits end when they return or time out; a row older than a day is a waiter that died.
         self._execute("DELETE FROM result_waiters WHERE since < now() - interval '1 day'", ())
         return deleted

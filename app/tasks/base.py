@@ -7,11 +7,13 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from celery import Signature, Task
+from celery import Signature, Task, signals
+from celery.exceptions import Ignore
 from celery.result import AsyncResult
 from celery.utils.time import rate
 from kombu import Producer
 
+from app import cancellations
 from app.contracts import Arguments, InvalidTaskArguments, validate_arguments
 from app.producer import delay_seconds
 
@@ -130,6 +132,27 @@ class FleetTask(Task[Any, Any]):
             cached = (body, inspect.signature(self.run))
             self.__dict__["_signature_cache"] = cached
         return cached[1]
+
+    def cancel_requested(self) -> bool:
+        """True once the running task was cancelled (``magnetiq task cancel``): one indexed read."""
+        return self.request.id is not None and cancellations.cancelled_at(self.request.id) is not None
+
+    def stop_if_cancelled(self) -> None:
+        """Stop here if the running task was cancelled: its state becomes REVOKED, its message is acked.
+
+        A long task calls it between steps (the booking import between chunks);
+        the worker terminates a cancelled task that has not stopped within
+        ``CANCEL_GRACE_SECONDS``. Each call is one read: call it every few seconds
+        of work, not every row.
+        """
+        task_id = self.request.id
+        if task_id is not None and self.cancel_requested():
+            log.warning("task %s[%s] stopped: cancelled", self.name, task_id)
+            self.backend.mark_as_revoked(task_id, "cancelled", request=self.request)
+            signals.task_revoked.send(
+                sender=self, request=self.request, terminated=False, signum=None, expired=False
+            )
+            raise Ignore()
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         """Log the failure with the task's identity (never its arguments)."""

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from app.celery_app import celery_app
+from app.tasks.base import FleetTask
 
 #: Worker arguments that load this module.
 INCLUDE = ("--include", "tests.support.canvas_tasks")
@@ -50,3 +51,29 @@ def on_error(request: Any, exc: Any, traceback: Any, path: str) -> None:
     """An errback: append one line per call to ``path``."""
     with open(path, "a", encoding="utf-8") as calls:
         calls.write(f"{type(exc).__name__}\n")
+
+
+def _note(path: str, what: str) -> None:
+    with open(path, "a", encoding="utf-8") as notes:
+        notes.write(f"{what}\n")
+
+
+@celery_app.task(name="tests.canvas.patient", bind=True, base=FleetTask)
+def patient(self: FleetTask, path: str, seconds: float) -> str:
+    """Note "started", work ``seconds`` asking every 0.1 s whether it was cancelled, note "finished"."""
+    _note(path, "started")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        self.stop_if_cancelled()
+        time.sleep(0.1)
+    _note(path, "finished")
+    return "finished"
+
+
+@celery_app.task(name="tests.canvas.stubborn")
+def stubborn(path: str, seconds: float) -> str:
+    """Note "started", sleep ``seconds`` without ever asking whether it was cancelled, note "finished"."""
+    _note(path, "started")
+    time.sleep(seconds)
+    _note(path, "finished")
+    return "finished"

@@ -25,6 +25,7 @@ from workers.cli import fleet, redis_queues
 from workers.cli.connections import broker_connection, database_errors
 from workers.cli.dlq import dlq
 from workers.cli.schedule import schedule
+from workers.cli.task import task
 from workers.profiles import PROFILES
 
 
@@ -182,3 +183,4 @@ main.add_command(fleet.status)
 main.add_command(fleet.publish)
 main.add_command(fleet.capacity)
 main.add_command(dlq)
+main.add_command(task)
