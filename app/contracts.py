@@ -20,6 +20,9 @@ from pydantic import (
     model_validator,
 )
 
+#: The state of a running task that reports how far it got: its info is ``{"done": n, "total": m}``.
+PROGRESS = "PROGRESS"
+
 SEND_WELCOME_EMAIL = "app.tasks.email_tasks.send_welcome_email"
 SEND_BOOKING_CONFIRMATION = "app.tasks.email_tasks.send_booking_confirmation"
 SEND_BOOKING_REMINDER = "app.tasks.email_tasks.send_booking_reminder"

@@ -234,6 +234,18 @@ def import_chunk(engine: Engine, import_id: int, chunk: int) -> int:
         return imported
 
 
+def import_progress(engine: Engine, import_id: int) -> tuple[int, int]:
+    """(chunks booked, chunks) of an import: its progress while its chord runs."""
+    chunks = booking_import_chunks.c
+    with engine.connect() as db:
+        done, total = db.execute(
+            select(func.count().filter(chunks.status == "done"), func.count()).where(
+                chunks.import_id == import_id
+            )
+        ).one()
+    return int(done), int(total)
+
+
 def _pending_chunks(db: Connection, import_id: int) -> int:
     return int(
         db.execute(

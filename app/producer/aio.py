@@ -210,6 +210,12 @@ async def wait_result(
     return meta["result"]
 
 
+async def task_state(task_id: str) -> tuple[str, Any]:
+    """A task's state and info now, read without blocking the loop (``PROGRESS``: ``{"done", "total"}``)."""
+    meta = await _run(celery_app.backend.get_task_meta, task_id)
+    return meta["status"], meta["result"]
+
+
 async def _run(function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     return await asyncio.get_running_loop().run_in_executor(
         _executor, functools.partial(function, *args, **kwargs)

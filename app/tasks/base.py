@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -14,10 +15,15 @@ from celery.utils.time import rate
 from kombu import Producer
 
 from app import cancellations
-from app.contracts import Arguments, InvalidTaskArguments, validate_arguments
+from app.contracts import PROGRESS, Arguments, InvalidTaskArguments, validate_arguments
 from app.producer import delay_seconds
 
 log = logging.getLogger(__name__)
+
+
+#: Tasks whose last progress write a process remembers (for the throttle).
+PROGRESS_TRACKED = 1000
+_progress_written: dict[str, float] = {}
 
 
 class TaskOptionError(ValueError):
@@ -68,6 +74,8 @@ class FleetTask(Task[Any, Any]):
     #: Seconds this task's result rows are kept, instead of the app-wide
     #: ``RESULT_EXPIRES`` (shorter or longer); None keeps the app-wide rule.
     result_expires: ClassVar[int | None] = None
+    #: Seconds between two progress writes of one task (``report_progress``).
+    progress_interval: ClassVar[float] = 1.0
     #: Retries are opt-in per task through ``autoretry_for``; these bound them.
     max_retries = 5
     retry_backoff = 2
@@ -132,6 +140,27 @@ class FleetTask(Task[Any, Any]):
             cached = (body, inspect.signature(self.run))
             self.__dict__["_signature_cache"] = cached
         return cached[1]
+
+    def report_progress(self, done: int, total: int, task_id: str | None = None) -> bool:
+        """Store ``PROGRESS`` ``{"done", "total"}`` as the state of ``task_id`` (default: this task).
+
+        ``AsyncResult.info`` and ``magnetiq task show`` read it. Writes are
+        throttled to one per ``progress_interval`` seconds per task and process
+        (the last, ``done >= total``, always goes), so a task may call it per
+        item. A final state is never overwritten. Returns whether it wrote.
+        """
+        target = task_id or self.request.id
+        if target is None:
+            return False
+        now = time.monotonic()
+        last = _progress_written.get(target)
+        if done < total and last is not None and now - last < self.progress_interval:
+            return False
+        if len(_progress_written) >= PROGRESS_TRACKED:
+            _progress_written.clear()
+        _progress_written[target] = now
+        self.backend.store_result(target, {"done": done, "total": total}, PROGRESS)
+        return True
 
     def cancel_requested(self) -> bool:
         """True once the running task was cancelled (``magnetiq task cancel``): one indexed read."""

@@ -108,8 +108,16 @@ def import_bookings(self: FleetTask, import_id: int) -> Any:
 
 @booking_task(contracts.IMPORT_BOOKING_CHUNK, contracts.ImportChunkArgs)
 def import_booking_chunk(self: FleetTask, import_id: int, chunk: int) -> int:
-    """Book one chunk of an import; return how many of its rows were booked."""
-    return imports.import_chunk(resources.engine(), import_id, chunk)
+    """Book one chunk of an import; return how many of its rows were booked.
+
+    The import's own result (the producer's task id, the chain's root) shows
+    its progress: PROGRESS with the chunks booked so far, ``{"done", "total"}``.
+    """
+    imported = imports.import_chunk(resources.engine(), import_id, chunk)
+    self.report_progress(
+        *imports.import_progress(resources.engine(), import_id), task_id=self.request.root_id
+    )
+    return imported
 
 
 @booking_task(contracts.FINISH_BOOKING_IMPORT, contracts.ImportArgs)

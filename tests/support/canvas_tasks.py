@@ -53,6 +53,14 @@ def on_error(request: Any, exc: Any, traceback: Any, path: str) -> None:
         calls.write(f"{type(exc).__name__}\n")
 
 
+def _lines(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as notes:
+            return notes.read().split()
+    except FileNotFoundError:
+        return []
+
+
 def _note(path: str, what: str) -> None:
     with open(path, "a", encoding="utf-8") as notes:
         notes.write(f"{what}\n")
@@ -77,3 +85,13 @@ def stubborn(path: str, seconds: float) -> str:
     time.sleep(seconds)
     _note(path, "finished")
     return "finished"
+
+
+@celery_app.task(name="tests.canvas.steps", bind=True, base=FleetTask, progress_interval=0.0)
+def steps(self: FleetTask, path: str, total: int) -> int:
+    """Take ``total`` steps, each once ``path`` holds a line for it, reporting progress after each."""
+    for done in range(1, total + 1):
+        while len(_lines(path)) < done:
+            time.sleep(0.05)
+        self.report_progress(done, total)
+    return total

@@ -37,10 +37,16 @@ async def register(user: Registration) -> dict[str, str]:
 
 @app.get("/tasks/{task_id}")
 async def task(task_id: str, timeout: float = 30.0) -> dict[str, Any]:
-    """Await the task's result on the event loop (woken by its NOTIFY)."""
+    """Await the task's result on the event loop (woken by its NOTIFY); after ``timeout``, its state now."""
     try:
         value = await aio.wait_result(task_id, timeout=timeout, propagate=False)
     except TimeoutError:
-        return {"task_id": task_id, "status": "PENDING", "result": None}
+        status, info = await aio.task_state(task_id)  # PENDING, STARTED, or PROGRESS with done/total
+        return {
+            "task_id": task_id,
+            "status": status,
+            "result": None,
+            "progress": info if status == "PROGRESS" else None,
+        }
     status = "FAILURE" if isinstance(value, BaseException) else "SUCCESS"
     return {"task_id": task_id, "status": status, "result": repr(value) if status == "FAILURE" else value}

@@ -99,3 +99,37 @@ def test_the_forms_celery_documents_are_accepted(option: str, good: Any) -> None
 
     # then it is registered with it
     assert getattr(app.tasks["tests.good"], option) == good
+
+
+def test_progress_is_written_at_most_once_an_interval_and_always_when_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a task on an app with Celery's in-memory result backend, running as task "job-1"
+    app = Celery("progress", backend="cache+memory://", set_as_current=False)
+
+    @app.task(name="progress.job", bind=True, base=FleetTask, progress_interval=1.0)
+    def job(self: FleetTask) -> None:
+        """Never run: only its progress is reported."""
+
+    task: Any = job
+    task.push_request(id="job-1")
+    clock = [100.0]
+    monkeypatch.setattr("app.tasks.base.time.monotonic", lambda: clock[0])
+
+    def report(done: int, at: float) -> Any:
+        clock[0] = at
+        return task.report_progress(done, 4), app.backend.get_task_meta("job-1")["result"]
+
+    # when it reports four steps, the middle two within a second of the first
+    try:
+        first, second, third = report(1, 100.0), report(2, 100.5), report(3, 101.2)
+        last = report(4, 101.3)
+    finally:
+        task.pop_request()
+
+    # then the first and third were written, the second skipped, and the last written though early
+    assert first == (True, {"done": 1, "total": 4})
+    assert second == (False, {"done": 1, "total": 4})
+    assert third == (True, {"done": 3, "total": 4})
+    assert last == (True, {"done": 4, "total": 4})
+    assert app.backend.get_task_meta("job-1")["status"] == contracts.PROGRESS

@@ -9,6 +9,7 @@ import click
 
 from app import cancellations
 from app.celery_app import celery_app
+from app.contracts import PROGRESS
 from app.settings import get_settings
 from routing.topology import DEAD_LETTER_QUEUES
 from workers.cli.connections import broker_connection, database_errors
@@ -82,6 +83,10 @@ def task_show(task_id: str, dlq_limit: int, as_json: bool) -> None:
         "cancelled": cancelled,
         "where": "finished" if meta["status"] in ("SUCCESS", "FAILURE", "REVOKED") else None,
     }
+    if meta["status"] == PROGRESS and isinstance(meta.get("result"), dict):
+        done, total = meta["result"].get("done"), meta["result"].get("total")
+        shown["result"] = None
+        shown["progress"] = f"{done}/{total}" + (f" ({100 * done / total:.0f} %)" if total else "")
     if shown["where"] is None:
         shown["where"] = _on_a_worker(task_id)
     if shown["where"] is None:
