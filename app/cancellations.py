@@ -38,10 +38,13 @@ FROM (SELECT :task_id AS task_id) AS t
 LEFT JOIN task_results r ON r.task_id = t.task_id
 LEFT JOIN task_cancellations c ON c.task_id = t.task_id
 """
+#: The cancellations after ``seq``, or all of them if the table's ``seq`` went back
+#: below it (a restored or truncated table): a worker never waits for numbers it passed.
 _SINCE = """
 SELECT seq, task_id, EXTRACT(EPOCH FROM now() - cancelled_at)::float8
 FROM task_cancellations
-WHERE seq > :seq AND cancelled_at > now() - make_interval(secs => :horizon)
+WHERE (seq > :seq OR :seq > (SELECT COALESCE(max(seq), 0) FROM task_cancellations))
+  AND cancelled_at > now() - make_interval(secs => :horizon)
 ORDER BY seq LIMIT :limit
 """
 _CANCELLED_AT = "SELECT cancelled_at FROM task_cancellations WHERE task_id = :task_id"

@@ -189,6 +189,9 @@ class Settings(BaseSettings):
     task_soft_time_limit: int = Field(default=120, gt=0)
     #: Seconds after which a prefork task's process is killed.
     task_time_limit: int = Field(default=150, gt=0)
+    #: MiB a worker process may hold resident before it restarts itself warm, in place
+    #: (``workers.memory``): the gevent email worker, a prefork worker's main process. 0: never.
+    worker_max_memory_mib: int = Field(default=512, ge=0)
     #: Seconds a running task that was cancelled (``magnetiq task cancel``) has to
     #: return (``FleetTask.stop_if_cancelled``) before the worker terminates it.
     cancel_grace_seconds: float = Field(default=30.0, ge=0)

@@ -85,7 +85,7 @@ class Cancels(bootsteps.StartStopStep):
     def _poll(self) -> None:
         while rows := cancellations.cancelled_since(self.seq, self.horizon):
             self.found.extend(rows)
-            self.seq = max(self.seq, rows[-1][0])
+            self.seq = rows[-1][0]
             if len(rows) < 1000:
                 return
 

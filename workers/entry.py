@@ -11,6 +11,7 @@ from app.settings import get_settings
 from workers import metrics, profiles
 from workers.cancels import Cancels
 from workers.health import Heartbeat, Readiness
+from workers.memory import MemoryGuard
 from workers.signals import DeclareTopology, green_psycopg
 
 #: Seconds between a Redis worker's sweeps for messages a dead worker left unacked.
@@ -32,6 +33,7 @@ celery_app.steps["consumer"].add(DeclareTopology)
 celery_app.steps["consumer"].add(Readiness)
 celery_app.steps["consumer"].add(Cancels)
 celery_app.steps["worker"].add(Heartbeat)
+celery_app.steps["worker"].add(MemoryGuard)
 metrics.install(settings)
 
 __all__ = ["celery_app"]

@@ -52,6 +52,9 @@ class WorkerProfile:
             loglevel,
             # Gossip is chatter between every pair of workers; nothing here uses it.
             "--without-gossip",
+            # Mingle asks every running worker for its revoked ids at start, a second's wait
+            # per start (and per memory-guard restart); cancellations come from PostgreSQL.
+            "--without-mingle",
         ]
         if self.max_tasks_per_child:
             args += ["--max-tasks-per-child", str(self.max_tasks_per_child)]

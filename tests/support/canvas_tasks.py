@@ -95,3 +95,14 @@ def steps(self: FleetTask, path: str, total: int) -> int:
             time.sleep(0.05)
         self.report_progress(done, total)
     return total
+
+
+#: What ``leak`` holds on to, for as long as its process lives.
+_leaked: list[bytes] = []
+
+
+@celery_app.task(name="tests.canvas.leak")
+def leak(mib: int) -> int:
+    """Keep ``mib`` MiB resident in this process for good (a leak); return the MiB leaked so far."""
+    _leaked.append(b"\x01" * (mib * 2**20))
+    return sum(len(block) for block in _leaked) // 2**20
