@@ -105,6 +105,15 @@ task_cancellations = Table(
     Column("cancelled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+#: One row per shared send rate (``app.mail.throttle``): ``all``, ``domain:<domain>``; ``tat``
+#: is the earliest time the key's next email may start (the generic cell rate algorithm).
+send_rates = Table(
+    "send_rates",
+    metadata,
+    Column("key", String(300), primary_key=True),
+    Column("tat", DateTime(timezone=True), nullable=False),
+)
+
 #: Web sessions of the FastAPI product; maintenance expires old ones.
 sessions = Table(
     "sessions",

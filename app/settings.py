@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     smtp_max_connections: int = Field(default=100, ge=1)
     #: Emails per second one worker process starts at most; 0 means no limit.
     smtp_rate_limit: float = Field(default=0.0, ge=0)
+    #: Emails per second all email workers together start at most (``app.mail.throttle``); 0: no limit.
+    smtp_fleet_rate_limit: float = Field(default=0.0, ge=0)
+    #: Emails per second to one recipient domain, all email workers together; 0: no limit.
+    smtp_domain_rate_limit: float = Field(default=0.0, ge=0)
+    #: PostgreSQL the two limits above are shared through (default: ``DATABASE_URL``).
+    smtp_rate_store_url: str | None = None
     #: Retries of an email after a transient failure (4xx, timeout, connection error).
     email_max_retries: int = Field(default=5, ge=0, le=20)
     mail_from: str = "Magnetiq <no-reply@magnetiq.local>"
@@ -219,6 +225,11 @@ class Settings(BaseSettings):
     def _postgres_only(cls, value: str) -> str:
         return sqlalchemy_url(value)
 
+    @field_validator("smtp_rate_store_url")
+    @classmethod
+    def _postgres_store(cls, value: str | None) -> str | None:
+        return None if value is None else sqlalchemy_url(value)
+
     @field_validator("celery_result_backend")
     @classmethod
     def _postgres_or_redis(cls, value: str | None) -> str | None:
@@ -253,10 +264,11 @@ class Settings(BaseSettings):
             *(("CELERY_BROKER_URL", urlsplit(url).password) for url in self.celery_broker_url.split(";")),
             ("DATABASE_URL", urlsplit(self.database_url).password),
             ("CELERY_RESULT_BACKEND", urlsplit(self.result_backend_url).password),
+            ("SMTP_RATE_STORE_URL", urlsplit(self.smtp_rate_store_url or self.database_url).password),
             ("SMTP_PASSWORD", self.smtp_password.get_secret_value() if self.smtp_password else None),
         ]
         for name, secret in secrets:
-            if not secret and name in {"DATABASE_URL", "CELERY_RESULT_BACKEND"}:
+            if not secret and name in {"DATABASE_URL", "CELERY_RESULT_BACKEND", "SMTP_RATE_STORE_URL"}:
                 raise ValueError(f"{name} has no password; set a real secret in prod")
             if secret is not None and secret.lower() in PLACEHOLDER_SECRETS:
                 raise ValueError(f"{name} uses a placeholder password; set a real secret in prod")

@@ -9,6 +9,7 @@ import secrets
 from email.header import Header
 from email.message import EmailMessage
 from email.utils import formataddr, parseaddr
+from typing import Protocol
 
 from app.mail import emails
 from app.mail.emails import Attachment, Outgoing
@@ -129,6 +130,14 @@ def compose(renderer: Renderer, mail_from: str, outgoing: Outgoing) -> EmailMess
     )
 
 
+class Throttle(Protocol):
+    """A rate limit shared beyond this process (``app.mail.throttle.FleetThrottle``)."""
+
+    def wait(self, domain: str) -> float:
+        """Return once an email to ``domain`` may start; the seconds waited."""
+        ...
+
+
 class MailService:
     """Renders and sends the product's emails, each at most once per idempotency key."""
 
@@ -138,12 +147,18 @@ class MailService:
         renderer: Renderer,
         mail_from: str,
         ledger: DeliveryLedger | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
-        """Send through ``sender``; with a ``ledger``, a key already sent is never sent again."""
+        """Send through ``sender``; with a ``ledger``, a key already sent is never sent again.
+
+        A ``throttle`` (the fleet-wide rate limit) is waited for before the key
+        is claimed, so no claim is held while waiting.
+        """
         self._sender = sender
         self._renderer = renderer
         self._mail_from = mail_from
         self._ledger = ledger
+        self._throttle = throttle
 
     def compose(self, outgoing: Outgoing) -> EmailMessage:
         """Render and build the message of ``outgoing`` without sending it."""
@@ -164,6 +179,8 @@ class MailService:
         """
         message = self.compose(outgoing)
         mid = str(message["Message-ID"])
+        if self._throttle is not None:
+            self._throttle.wait(parseaddr(str(message["To"]))[1].rpartition("@")[2])
         attempt: int | None = None
         if self._ledger is not None:
             claim = self._ledger.claim(outgoing.key, outgoing.template, mid, outgoing.task_id)

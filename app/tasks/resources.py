@@ -70,7 +70,17 @@ def mail_service() -> MailService:
         accepted=sent_by_earlier_run,
     )
     sender = AioSmtpSender(config, observe=_smtp_sent)
-    return MailService(sender, Renderer(), settings.mail_from, ledger)
+    throttle = None
+    if settings.smtp_fleet_rate_limit or settings.smtp_domain_rate_limit:
+        from app.mail.throttle import FleetThrottle
+
+        store = settings.smtp_rate_store_url or settings.database_url
+        throttle = FleetThrottle(
+            engine_for(store, pool_size=30, max_overflow=0, autocommit=True),
+            settings.smtp_fleet_rate_limit,
+            settings.smtp_domain_rate_limit,
+        )
+    return MailService(sender, Renderer(), settings.mail_from, ledger, throttle)
 
 
 def delivery_lease() -> float:
