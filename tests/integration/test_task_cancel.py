@@ -18,7 +18,7 @@ from app import producer
 from app.celery_app import celery_app
 from routing import names
 from tests.support.broker import queue_depth
-from tests.support.canvas_tasks import INCLUDE, patient, stubborn, tally
+from tests.support.canvas_tasks import INCLUDE, fail, patient, stubborn, tally
 from tests.support.cli import magnetiq
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until
@@ -180,6 +180,9 @@ def test_the_command_line_cancels_and_shows_a_task(
     wait_until(lambda: state(running.id) == "REVOKED", 30, "the task to stop")
     after = magnetiq("task", "show", "--json", running.id)
     unknown = magnetiq("task", "show", "never-published")
+    failed = fail.delay("boom")
+    wait_until(failed.ready, 30, "the failing task")
+    dead = magnetiq("task", "show", failed.id)
 
     # then each says what it did and where the task is
     assert before.returncode == 0, before.stderr
@@ -195,6 +198,9 @@ def test_the_command_line_cancels_and_shows_a_task(
     assert shown["cancelled"]
     assert "where:     in its queue, or never published" in unknown.stdout
     assert "cancelled: " in unknown.stdout
+    assert "state:     FAILURE" in dead.stdout
+    assert "result:    ValueError('boom')" in dead.stdout
+    assert "where:     dead-lettered in booking.dlq (rejected, 1 death(s))" in dead.stdout
 
 
 def test_bad_task_ids_get_a_clear_error_and_cancel_nothing(database: Any) -> None:

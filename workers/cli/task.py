@@ -63,9 +63,9 @@ def task_show(task_id: str, dlq_limit: int, as_json: bool) -> None:
 
     Where: running, prefetched or scheduled on a worker (asked by broadcast, so
     the account needs the workers' pidbox), in a dead-letter queue (its first
-    --dlq-limit messages, left in place), or finished. A task in none of these
-    is waiting in its queue or was never published: the broker does not say
-    which without consuming.
+    --dlq-limit messages, left in place; a failed task's message is there), or
+    finished. An unfinished task in none of these is waiting in its queue or
+    was never published: the broker does not say which without consuming.
     """
     settings = get_settings()
     with database_errors():
@@ -81,19 +81,24 @@ def task_show(task_id: str, dlq_limit: int, as_json: bool) -> None:
         "worker": meta.get("worker"),
         "queue": meta.get("queue"),
         "cancelled": cancelled,
-        "where": "finished" if meta["status"] in ("SUCCESS", "FAILURE", "REVOKED") else None,
+        "where": None,
     }
     if meta["status"] == PROGRESS and isinstance(meta.get("result"), dict):
         done, total = meta["result"].get("done"), meta["result"].get("total")
         shown["result"] = None
         shown["progress"] = f"{done}/{total}" + (f" ({100 * done / total:.0f} %)" if total else "")
-    if shown["where"] is None:
+    finished = meta["status"] in ("SUCCESS", "FAILURE", "REVOKED")
+    if not finished:
         shown["where"] = _on_a_worker(task_id)
-    if shown["where"] is None:
+    if shown["where"] is None and meta["status"] != "SUCCESS":
         with broker_connection(settings) as connection:
             shown["where"] = _in_a_dlq(connection, task_id, dlq_limit)
     if shown["where"] is None:
-        shown["where"] = f"in its queue, or never published (on no worker, not in a DLQ's first {dlq_limit})"
+        shown["where"] = (
+            "finished"
+            if finished
+            else f"in its queue, or never published (on no worker, not in a DLQ's first {dlq_limit})"
+        )
     if as_json:
         click.echo(json.dumps(shown, default=str))
         return
