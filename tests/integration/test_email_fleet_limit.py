@@ -22,7 +22,7 @@ from tests.support.smtp_server import ScriptedHandler, ScriptedSmtp
 from tests.support.worker_process import WorkerProcess
 
 #: The fleet's limit and the per-domain one, emails per second.
-FLEET, DOMAIN = 20.0, 5.0
+FLEET, DOMAIN = 40.0, 10.0
 
 
 def rate(times: list[float]) -> float:
@@ -32,7 +32,7 @@ def rate(times: list[float]) -> float:
 
 
 def test_threads_racing_for_one_key_are_spaced_at_its_rate(database: Any) -> None:
-    # given four threads sharing a limit of 20 a second through PostgreSQL
+    # given four threads sharing a limit of 40 a second through PostgreSQL
     throttle = FleetThrottle(database, FLEET, 0.0)
     granted: list[float] = []
 
@@ -48,7 +48,7 @@ def test_threads_racing_for_one_key_are_spaced_at_its_rate(database: Any) -> Non
     for thread in threads:
         thread.join(60)
 
-    # then every slot was granted, never faster than 20 a second
+    # then every slot was granted, never faster than 40 a second
     assert len(granted) == 40
     assert rate(granted) <= FLEET * 1.1, rate(granted)
 
@@ -78,7 +78,7 @@ def check_with(
 ) -> None:
     """Send through 1, 2, then 4 email workers, then to one domain: the limits hold each time."""
     for count in (1, 2, 4):
-        # given 1, then 2, then 4 email workers sharing a limit of 20 a second
+        # given 1, then 2, then 4 email workers sharing a limit of 40 a second
         while len(workers) < count:
             workers.append(start_worker("email", "--hostname", f"limit-{len(workers)}@%h", **env))
         smtp.reset()
@@ -107,7 +107,7 @@ def test_an_unreachable_store_leaves_each_worker_its_own_limit(
     start_worker: Callable[..., WorkerProcess], smtp_server: ScriptedSmtp, smtp: ScriptedHandler
 ) -> None:
     # given an email worker whose shared limit lives on a PostgreSQL that is not there,
-    # and whose own limit is 10 a second
+    # and whose own limit is 20 a second
     worker = start_worker(
         "email",
         "--hostname",
@@ -115,7 +115,7 @@ def test_an_unreachable_store_leaves_each_worker_its_own_limit(
         SMTP_HOST="127.0.0.1",
         SMTP_PORT=str(smtp_server.port),
         SMTP_FLEET_RATE_LIMIT=str(FLEET),
-        SMTP_RATE_LIMIT="10",
+        SMTP_RATE_LIMIT="20",
         SMTP_RATE_STORE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere",
     )
 
@@ -124,5 +124,5 @@ def test_an_unreachable_store_leaves_each_worker_its_own_limit(
 
     # then all go out, spaced by the worker's own limit, and the worker said why
     assert len([result.get(timeout=60) for result in sent]) == 30
-    assert rate(smtp.accepted_at) <= 10 * 1.1, rate(smtp.accepted_at)
+    assert rate(smtp.accepted_at) <= 20 * 1.1, rate(smtp.accepted_at)
     assert "fleet rate limit: store unreachable, each process keeps only SMTP_RATE_LIMIT" in worker.log()
