@@ -169,10 +169,9 @@ class FleetTask(Task[Any, Any]):
     def stop_if_cancelled(self) -> None:
         """Stop here if the running task was cancelled: its state becomes REVOKED, its message is acked.
 
-        A long task calls it between steps (the booking import between chunks);
-        the worker terminates a cancelled task that has not stopped within
-        ``CANCEL_GRACE_SECONDS``. Each call is one read: call it every few seconds
-        of work, not every row.
+        A long task calls it between steps; the worker terminates a cancelled
+        task that has not stopped within ``CANCEL_GRACE_SECONDS``. Each call is
+        one read: call it every few seconds of work, not every row.
         """
         task_id = self.request.id
         if task_id is not None and self.cancel_requested():
