@@ -203,6 +203,24 @@ def test_the_command_line_cancels_and_shows_a_task(
     assert "where:     dead-lettered in booking.dlq (rejected, 1 death(s))" in dead.stdout
 
 
+def test_a_worker_whose_database_is_away_consumes_and_keeps_asking_for_cancellations(
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    # given a booking worker started while its PostgreSQL is not there
+    worker = start_worker(
+        "booking",
+        "--hostname",
+        "cancel-nodb@%h",
+        DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+    )
+    try:
+        # then it started consuming all the same, and its poll says what it does about it
+        wait_until(lambda: "cancellations: poll failed (retrying every 5s)" in worker.log(), 30, "the poll")
+        assert "cancellations not loaded (PostgreSQL unreachable?), polling for them" in worker.log()
+    finally:
+        worker.stop()  # a task it took now would fail on the missing database
+
+
 def test_bad_task_ids_get_a_clear_error_and_cancel_nothing(database: Any) -> None:
     for bad in ("", "x" * 156):
         with pytest.raises(producer.InvalidTaskId, match="invalid task id"):
