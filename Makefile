@@ -9,7 +9,7 @@ PROFILE ?= email
 
 .DEFAULT_GOAL := help
 .PHONY: bench help install run test test-unit test-integration chaos lint fmt typecheck check services \
-        worker worker-email worker-booking worker-maintenance beat migrate topology clean
+        worker worker-email worker-bulk worker-booking worker-maintenance beat migrate topology clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -61,11 +61,14 @@ migrate: $(STAMP) ## Create the database if missing and apply migrations
 topology: $(STAMP) ## Declare exchanges and queues on the broker
 	$(BIN)/magnetiq topology apply
 
-worker: $(STAMP) ## Run one worker: make worker PROFILE=email|booking|maintenance
+worker: $(STAMP) ## Run one worker: make worker PROFILE=email|bulk|booking|maintenance
 	$(BIN)/python -m workers $(PROFILE)
 
 worker-email: $(STAMP) ## Run the email worker (gevent)
 	$(BIN)/python -m workers email
+
+worker-bulk: $(STAMP) ## Run the bulk email worker (gevent, booking reminders)
+	$(BIN)/python -m workers bulk
 
 worker-booking: $(STAMP) ## Run the booking worker (prefork)
 	$(BIN)/python -m workers booking

@@ -15,15 +15,18 @@ DELAYED_EXCHANGE = "celery_delayed_27"
 #: Longest delay native delayed delivery expresses, in whole seconds (28 bits).
 MAX_DELAY_SECONDS = 2**28 - 1
 
-#: Latency-sensitive, I/O-bound mail work (gevent pool).
+#: Latency-sensitive, I/O-bound mail work: transactional email (gevent pool).
 EMAIL = "email"
+#: Bulk email (booking reminders, sent in fan-outs of thousands): a lane of its own,
+#: with its own workers, consumer and prefetch, so transactional email never waits behind it.
+BULK = "bulk"
 #: Money and calendar work (prefork pool).
 BOOKING = "booking"
 #: Periodic and housekeeping work (prefork pool, one process).
 MAINTENANCE = "maintenance"
 
 #: Every work queue, in the order ops read them.
-WORK_QUEUES = (EMAIL, BOOKING, MAINTENANCE)
+WORK_QUEUES = (EMAIL, BULK, BOOKING, MAINTENANCE)
 
 
 def dlq(queue: str) -> str:

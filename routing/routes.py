@@ -20,6 +20,8 @@ PREFIXES: dict[str, str] = {
 #: a prefetch slot, which on the booking queue would hold up payments.
 OVERRIDES: dict[str, str] = {
     "app.tasks.booking_tasks.export_booking_calendars": names.MAINTENANCE,
+    # Reminders go out by the thousand: in their own lane, a password reset never waits behind them.
+    "app.tasks.email_tasks.send_booking_reminder": names.BULK,
 }
 #: Queue of Celery's other built-in tasks a producer may publish (``celery.chord_unlock``
 #: for a chord); the same as ``task_default_queue``.

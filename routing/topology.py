@@ -9,7 +9,7 @@ from kombu import Connection, Exchange, Queue
 from routing import names
 
 #: Redeliveries a message gets before RabbitMQ dead-letters it (its process kept dying).
-DELIVERY_LIMITS = {names.EMAIL: 5, names.BOOKING: 3, names.MAINTENANCE: 3}
+DELIVERY_LIMITS = {names.EMAIL: 5, names.BULK: 5, names.BOOKING: 3, names.MAINTENANCE: 3}
 
 TASKS = Exchange(names.TASKS_EXCHANGE, type="topic", durable=True)
 DLX = Exchange(names.DLX_EXCHANGE, type="topic", durable=True)
@@ -49,11 +49,12 @@ def _dead_letter_queue(name: str) -> Queue:
 
 
 EMAIL = _work_queue(names.EMAIL)
+BULK = _work_queue(names.BULK)
 BOOKING = _work_queue(names.BOOKING)
 MAINTENANCE = _work_queue(names.MAINTENANCE)
 
 #: The queues workers consume, handed to Celery as ``task_queues``.
-TASK_QUEUES = (EMAIL, BOOKING, MAINTENANCE)
+TASK_QUEUES = (EMAIL, BULK, BOOKING, MAINTENANCE)
 #: Dead-letter queues; declared with the topology, never consumed by workers.
 DEAD_LETTER_QUEUES = tuple(_dead_letter_queue(q) for q in names.WORK_QUEUES)
 

@@ -64,6 +64,8 @@ class WorkerProfile:
 
 
 EMAIL = WorkerProfile("email", queues=(names.EMAIL,), pool="gevent", concurrency=100, prefetch_multiplier=4)
+#: Bulk email: the same pool on a lane of its own (``routing.names.BULK``).
+BULK = WorkerProfile("bulk", queues=(names.BULK,), pool="gevent", concurrency=100, prefetch_multiplier=4)
 BOOKING = WorkerProfile(
     "booking",
     queues=(names.BOOKING,),
@@ -84,7 +86,7 @@ MAINTENANCE = WorkerProfile(
 )
 
 #: Every profile by name.
-PROFILES: dict[str, WorkerProfile] = {p.name: p for p in (EMAIL, BOOKING, MAINTENANCE)}
+PROFILES: dict[str, WorkerProfile] = {p.name: p for p in (EMAIL, BULK, BOOKING, MAINTENANCE)}
 
 
 def redis_visibility_timeout(time_limit: int, eta_horizon: int) -> int:

@@ -14,13 +14,14 @@ from app.db import engine_for
 from app.migrate import upgrade
 from app.schema import metadata
 from app.settings import get_settings, mask_url
-from routing import declare_topology, names
+from routing import declare_topology
 from tests.support.broker import purge_all, queue_depth
 from tests.support.environment import TEST_BROKER_URL, TEST_REDIS_BROKER_URL, unavailable, worker_env
 from tests.support.payment_provider import Ledger, shared_provider, stop_shared_provider
 from tests.support.smtp_server import ScriptedHandler, ScriptedSmtp, SmtpSink
 from tests.support.waiting import wait_until
 from tests.support.worker_process import WorkerProcess
+from workers.profiles import PROFILES
 
 #: Every table the migrations create; each integration test starts with them empty.
 TABLES = tuple(table.name for table in metadata.sorted_tables)
@@ -130,7 +131,7 @@ def start_worker(
         log_path = tmp_path_factory.mktemp(f"worker-{role}") / "worker.log"
         worker = WorkerProcess(role, log_path, worker_env(**env), list(extra))
         started.append(worker)
-        queue = {"email": names.EMAIL, "booking": names.BOOKING, "maintenance": names.MAINTENANCE}[role]
+        queue = PROFILES[role].queues[0]
 
         def consuming() -> bool:
             if worker.proc.poll() is not None:

@@ -312,6 +312,7 @@ def test_beat_and_a_worker_run_each_job_once_per_slot_and_list_shows_it(
     assert cleanup.slot.second % 3 == 0
     assert [row["queue"] for row in succeeded("every-1s")[0].detail["result"]] == [
         "email.dlq",
+        "bulk.dlq",
         "booking.dlq",
         "maintenance.dlq",
     ]

@@ -1,4 +1,4 @@
-"""The booking jobs on beat's schedule: a real maintenance worker, a real email worker, an SMTP sink."""
+"""The booking jobs on beat's schedule: real maintenance, email and bulk email workers, an SMTP sink."""
 
 from __future__ import annotations
 
@@ -37,6 +37,12 @@ def maintenance_worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProc
 def email_worker(start_worker: Callable[..., WorkerProcess], smtp_sink: SmtpSink) -> WorkerProcess:
     """One real email worker sending to the module's SMTP sink."""
     return start_worker("email", SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_sink.port))
+
+
+@pytest.fixture(scope="module")
+def bulk_worker(start_worker: Callable[..., WorkerProcess], smtp_sink: SmtpSink) -> WorkerProcess:
+    """One real bulk email worker (the reminders' lane) sending to the module's SMTP sink."""
+    return start_worker("bulk", SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_sink.port))
 
 
 def _sent(database: Any, pattern: str) -> dict[str, str]:
@@ -118,7 +124,7 @@ def test_expiry_expires_unpaid_bookings_and_mails_each_once_when_the_slot_comes_
 
 
 def test_tomorrows_reminders_mail_each_confirmed_booking_of_the_next_day_once(
-    email_worker: WorkerProcess, maintenance_worker: WorkerProcess, sink: SmtpSink, database: Any
+    bulk_worker: WorkerProcess, maintenance_worker: WorkerProcess, sink: SmtpSink, database: Any
 ) -> None:
     # given two confirmed bookings and a cancelled one on DAY, and a confirmed one the day after
     seeded = seed(database, slots=3)

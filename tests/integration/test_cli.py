@@ -105,7 +105,7 @@ def test_run_brings_up_the_fleet_and_stops_it_cleanly(
         stderr=subprocess.STDOUT,
     )
     try:
-        # then consumers appear on all three queues
+        # then consumers appear on every work queue
         for queue in names.WORK_QUEUES:
             wait_until(lambda q=queue: queue_depth(broker, q)[1] >= 1, 90, f"a consumer on {queue}", 0.25)
         # and a welcome email lands in the mail directory as a readable file
@@ -115,7 +115,7 @@ def test_run_brings_up_the_fleet_and_stops_it_cleanly(
         assert "To: grace@example.com" in content
         assert "Hello Grace," in content
         children = set(descendants(runner.pid))
-        assert len(children) >= 5  # sink, three workers, beat (and prefork children)
+        assert len(children) >= 6  # sink, four workers, beat (and prefork children)
     finally:
         # when it gets Ctrl-C
         runner.send_signal(signal.SIGINT)

@@ -166,7 +166,7 @@ def test_dead_letter_report_counts_and_ages_without_losing_a_message(
     # then it counts each DLQ and ages its head (from x-death, else sent_at) ...
     for report in reports:
         by_queue = {row["queue"]: row for row in report}
-        assert list(by_queue) == ["email.dlq", "booking.dlq", "maintenance.dlq"]
+        assert list(by_queue) == ["email.dlq", "bulk.dlq", "booking.dlq", "maintenance.dlq"]
         assert by_queue["email.dlq"]["messages"] == 1
         assert 0 <= by_queue["email.dlq"]["oldest_age_seconds"] < 3600
         assert by_queue["booking.dlq"]["messages"] == 1

@@ -68,7 +68,7 @@ def rows(output: str) -> dict[str, list[str]]:
     return {
         line.split()[0]: line.split()[1:]
         for line in output.splitlines()
-        if line.split()[:1] in (["email"], ["booking"], ["maintenance"])
+        if line.split()[:1] in (["email"], ["bulk"], ["booking"], ["maintenance"])
     }
 
 
@@ -92,6 +92,7 @@ def test_status_counts_queues_and_dlqs_without_the_management_api(
     assert table["email"][:3] == ["3", "?", "0"]
     assert table["email"][3] == "0"
     assert table["booking"][:3] == ["0", "?", "0"]
+    assert table["bulk"][:3] == ["0", "?", "0"]  # the reminders' lane, a row of its own
     # and the DLQ's oldest message age is read from its head
     assert table["booking"][3] == "2"
     assert table["booking"][4].endswith("s")

@@ -115,12 +115,13 @@ def test_config_is_valid_with_its_rules() -> None:
     jobs = load(CONFIG)["scrape_configs"]
     assert [job["job_name"] for job in jobs] == [
         "magnetiq-email",
+        "magnetiq-bulk",
         "magnetiq-booking",
         "magnetiq-maintenance",
         "magnetiq-beat",
     ]
     targets = [target for job in jobs for static in job["static_configs"] for target in static["targets"]]
-    assert targets == [f"127.0.0.1:{port}" for port in range(9808, 9812)]
+    assert targets == [f"127.0.0.1:{port}" for port in range(9808, 9813)]
 
 
 def test_compose_config_is_valid_and_scrapes_the_compose_services() -> None:
@@ -135,7 +136,14 @@ def test_compose_config_is_valid_and_scrapes_the_compose_services() -> None:
         for sd in (*job.get("static_configs", []), *job.get("dns_sd_configs", []))
         for target in sd.get("targets", sd.get("names", []))
     }
-    assert hosts == {"worker-email", "worker-booking", "worker-maintenance", "beat", "rabbitmq"}
+    assert hosts == {
+        "worker-email",
+        "worker-bulk",
+        "worker-booking",
+        "worker-maintenance",
+        "beat",
+        "rabbitmq",
+    }
     assert hosts <= services
 
 

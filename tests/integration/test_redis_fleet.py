@@ -137,7 +137,7 @@ def test_a_failed_task_and_an_undecodable_body_land_in_the_dead_letter_list(
     with Connection(TEST_REDIS_BROKER_URL, transport=Transport) as connection:
         report = inspect_dead_letters(connection, [names.dlq(q) for q in names.WORK_QUEUES])
     depths = {row.queue: row.messages for row in report}
-    assert depths == {"email.dlq": 0, "booking.dlq": 3, "maintenance.dlq": 0}
+    assert depths == {"email.dlq": 0, "bulk.dlq": 0, "booking.dlq": 3, "maintenance.dlq": 0}
     (booking,) = [row for row in report if row.queue == "booking.dlq"]
     assert booking.oldest_age_seconds is not None and 0 <= booking.oldest_age_seconds < 60
 
@@ -149,5 +149,6 @@ def test_a_failed_task_and_an_undecodable_body_land_in_the_dead_letter_list(
         for sample in families[name].samples
     }
     assert samples == {
-        "email": 0, "booking": 0, "maintenance": 0, "email.dlq": 0, "booking.dlq": 3, "maintenance.dlq": 0,
+        "email": 0, "bulk": 0, "booking": 0, "maintenance": 0,
+        "email.dlq": 0, "bulk.dlq": 0, "booking.dlq": 3, "maintenance.dlq": 0,
     }  # fmt: skip

@@ -121,16 +121,18 @@ def test_expiry_notice_names_the_start_only_and_fits_its_contract() -> None:
     validate_arguments(contracts.SEND_BOOKING_EXPIRED, contracts.BookingExpiredArgs, kwargs)
 
 
-def test_email_tasks_are_the_email_queues_names() -> None:
+def test_email_tasks_are_the_mail_lanes_names() -> None:
     assert set(EMAIL_TASKS.values()) == {
         "app.tasks.email_tasks.send_booking_confirmation",
         "app.tasks.email_tasks.send_booking_reminder",
         "app.tasks.email_tasks.send_booking_cancellation",
         "app.tasks.email_tasks.send_booking_expired",
     }
+    # transactional ones on the email queue, reminders (sent by the thousand) in the bulk lane
     for name in EMAIL_TASKS.values():
         route = route_task(name, (), {}, {})
-        assert route is not None and route["queue"] == "email"
+        lane = "bulk" if name == "app.tasks.email_tasks.send_booking_reminder" else "email"
+        assert route is not None and route["queue"] == lane
 
 
 @pytest.mark.parametrize("count", [1, 3], ids=["one", "group"])

@@ -18,6 +18,7 @@ from workers.profiles import PROFILES
 #: Expected (queues, pool, concurrency, prefetch multiplier) per profile.
 EXPECTED = {
     "email": ((names.EMAIL,), "gevent", 100, 4),
+    "bulk": ((names.BULK,), "gevent", 100, 4),
     "booking": ((names.BOOKING,), "prefork", os.cpu_count(), 1),
     "maintenance": ((names.MAINTENANCE,), "prefork", 1, 1),
 }
