@@ -18,12 +18,13 @@ from app.settings import Settings
 from tests.bench.booking_flow import Flow, measure_booking_flow
 from tests.bench.email import measure_email, measure_smtp_ceiling
 from tests.bench.harness import Bench, Drain, measure_drain
+from tests.bench.lanes import measure_lane
 from tests.bench.latency import measure_latency, measure_result_wait
 from tests.bench.loop_lag import Lag, measure_loop_lag
 from tests.bench.publish import measure_publish
 from tests.bench.store import measure_store
 from tests.support.ports import free_port
-from workers.profiles import BOOKING, EMAIL
+from workers.profiles import BOOKING, BULK, EMAIL
 
 FLEET = "tests.bench.fleet_app"
 PLAIN = "tests.bench.plain_app"
@@ -52,6 +53,7 @@ SIZES = {
         "email_plain": 300,
         "loop_lag": 2000,
         "loop_lag_requests": 50,
+        "lanes": 10000,
     },
     "quick": {
         "fleet": 40,
@@ -71,6 +73,7 @@ SIZES = {
         "email_plain": 10,
         "loop_lag": 20,
         "loop_lag_requests": 5,
+        "lanes": 40,
     },
 }
 
@@ -100,7 +103,9 @@ def seed_argv() -> list[str]:
 
 def fleet_argv(profile: str) -> list[str]:
     """The fleet profile's own worker arguments, on the bench app, at its deployed log level."""
-    return {"booking": BOOKING, "email": EMAIL}[profile].argv(app=FLEET, loglevel=FLEET_LOGLEVEL)
+    return {"booking": BOOKING, "email": EMAIL, "bulk": BULK}[profile].argv(
+        app=FLEET, loglevel=FLEET_LOGLEVEL
+    )
 
 
 Measure = Callable[[Bench], "float | Drain | Flow | Lag"]
@@ -209,6 +214,21 @@ def measurements(size: dict[str, int]) -> dict[str, Measure]:
         "raw psycopg2 upsert": lambda b: measure_store(b, "raw", size["store"]),
         "raw psycopg2 upsert, async commit": lambda b: measure_store(b, "raw-async", size["store"]),
         **loop_lags(size),
+        **lanes(size),
+    }
+
+
+#: The lane measurements: the fleet as it ships, and the same fleet with one lane for all email.
+OWN_LANE = "fleet reset behind reminders, own lane"
+ONE_LANE = "fleet reset behind reminders, one lane"
+
+
+def lanes(size: dict[str, int]) -> dict[str, Measure]:
+    """A password reset published behind queued reminders: in their own lane (``bulk``), then in ``email``."""
+    email, bulk = fleet_argv("email"), fleet_argv("bulk")
+    return {
+        OWN_LANE: lambda b: measure_lane(b, {"email": email, "bulk": bulk}, size["lanes"], "bulk"),
+        ONE_LANE: lambda b: measure_lane(b, {"email": email}, size["lanes"], "email"),
     }
 
 
@@ -252,6 +272,8 @@ _WAIT = "result wait, task end -> get() returns"
 _LAG = "event-loop lag while publishing, p99"
 #: The loop lag an ``async def`` service may see while it publishes (what `app.producer.aio` promises).
 LOOP_LAG_LIMIT_MS = 5.0
+#: From publishing a password reset behind 10,000 queued reminders to its result, in ms (the lanes' promise).
+LANE_LIMIT_MS = 2000.0
 #: From a task's end to ``get()`` returning, p50 and p99, in ms (what the LISTEN wait promises).
 RESULT_WAIT_LIMITS_MS = (5.0, 20.0)
 
@@ -325,6 +347,16 @@ FIGURES = (
         None,
         unit="ms",
         at_most=True,
+    ),
+    # Reminders queued by the thousand: in their own lane a password reset does not wait for them.
+    Figure(
+        "password reset behind 10,000 queued reminders",
+        OWN_LANE,
+        ONE_LANE,
+        None,
+        unit="ms",
+        at_most=True,
+        limit=LANE_LIMIT_MS,
     ),
     Figure("throughput with metrics on", _FLEET, "fleet booking, results, metrics off", 0.97),
     # What Celery's line per task costs (LOG_EACH_TASK=true) against the default, without them.
