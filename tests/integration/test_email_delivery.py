@@ -52,6 +52,12 @@ def email_worker(start_worker: Callable[..., WorkerProcess], smtp_server: Script
     )
 
 
+@pytest.fixture(scope="module")
+def bulk_worker(start_worker: Callable[..., WorkerProcess], smtp_server: ScriptedSmtp) -> WorkerProcess:
+    """The reminders' lane (``bulk``), sending to the same server."""
+    return start_worker("bulk", SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_server.port), SMTP_TIMEOUT="30")
+
+
 def delivery(database: Any, key: str) -> dict[str, Any]:
     with database.connect() as db:
         row = db.execute(
@@ -70,9 +76,9 @@ def parts(mail: Message) -> dict[str, str]:
 
 
 def test_every_template_arrives_once_with_its_parts(
-    email_worker: WorkerProcess, smtp: ScriptedHandler, database: Any
+    email_worker: WorkerProcess, bulk_worker: WorkerProcess, smtp: ScriptedHandler, database: Any
 ) -> None:
-    # when a producer sends each of the six emails
+    # when a producer sends each of the six emails (the reminder in its own lane)
     results = [
         producer.enqueue_welcome_email("ada@example.com", "Ada"),
         producer.enqueue_booking_confirmation("ada@example.com", "Ada", **BOOKING, ends_at=END),
