@@ -132,14 +132,14 @@ def test_a_group_publishes_each_member_with_the_group_id_and_its_place(broker: C
     ]
 
 
-def fleet_depths(broker: Connection) -> list[int]:
-    return [queue_depth(broker, queue.name)[0] for queue in TASK_QUEUES]
+def fleet_depths(broker: Connection) -> dict[str, int]:
+    return {queue.name: queue_depth(broker, queue.name)[0] for queue in TASK_QUEUES}
 
 
 def test_an_unknown_task_publishes_nothing(broker: Connection) -> None:
     with pytest.raises(QueueNotFound, match="no route"):
         producer.enqueue_many("app.tasks.email_tasks_typo.send_welcome_email", welcome_calls(3))
-    assert fleet_depths(broker) == [0, 0, 0]
+    assert fleet_depths(broker) == {"email": 0, "bulk": 0, "booking": 0, "maintenance": 0}
 
 
 def test_a_route_to_an_undeclared_queue_publishes_nothing(
@@ -148,7 +148,7 @@ def test_a_route_to_an_undeclared_queue_publishes_nothing(
     monkeypatch.setitem(routes.PREFIXES, "app.tasks.ghost.", "ghost")
     with pytest.raises(QueueNotFound, match="ghost"):
         producer.enqueue_many("app.tasks.ghost.haunt", [{}, {}])
-    assert fleet_depths(broker) == [0, 0, 0]
+    assert fleet_depths(broker) == {"email": 0, "bulk": 0, "booking": 0, "maintenance": 0}
 
 
 def test_an_unreachable_broker_names_every_task_as_not_published(monkeypatch: pytest.MonkeyPatch) -> None:
