@@ -21,6 +21,8 @@ from app.settings import get_settings
 
 #: The longest task id Celery's result columns hold.
 MAX_TASK_ID = 155
+#: Cancellations a worker reads per query (``cancelled_since``); it reads on while a batch is full.
+BATCH = 1000
 #: Cancellations are serialised, so their ``seq`` commits in order and a
 #: worker's poll for ``seq > last`` never passes one that commits later.
 _LOCK = "LOCK TABLE task_cancellations IN SHARE ROW EXCLUSIVE MODE"
@@ -114,7 +116,7 @@ def cancelled_at(task_id: str, engine: Engine | None = None) -> datetime | None:
 
 
 def cancelled_since(
-    seq: int, horizon: float, limit: int = 1000, engine: Engine | None = None
+    seq: int, horizon: float, limit: int = BATCH, engine: Engine | None = None
 ) -> list[tuple[int, str, float]]:
     """Cancellations after ``seq`` and younger than ``horizon`` seconds: (seq, task id, age in seconds)."""
     with _engine(engine).connect() as connection:

@@ -220,14 +220,9 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("database_url")
+    @field_validator("database_url", "smtp_rate_store_url")
     @classmethod
-    def _postgres_only(cls, value: str) -> str:
-        return sqlalchemy_url(value)
-
-    @field_validator("smtp_rate_store_url")
-    @classmethod
-    def _postgres_store(cls, value: str | None) -> str | None:
+    def _postgres_only(cls, value: str | None) -> str | None:
         return None if value is None else sqlalchemy_url(value)
 
     @field_validator("celery_result_backend")

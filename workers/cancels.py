@@ -26,7 +26,6 @@ from celery.worker import state
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import cancellations
-from app.db import engine_for
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -61,9 +60,8 @@ class Cancels(bootsteps.StartStopStep):
         if self.thread is None:  # the consumer restarts its steps on every reconnect
             state.revoked.maxlen = max(state.revoked.maxlen, REMEMBERED)
             state.revoked.expires = max(state.revoked.expires, self.horizon)
-            engine_for(get_settings().database_url)  # created here, never by the thread (see app.db)
             try:
-                self._poll()
+                self._poll()  # here, in the loop's thread: it creates the engine, never the thread (app.db)
             except SQLAlchemyError as exc:
                 log.error("cancellations not loaded (PostgreSQL unreachable?), polling for them: %s", exc)
             self._apply(consumer)
@@ -86,7 +84,7 @@ class Cancels(bootsteps.StartStopStep):
         while rows := cancellations.cancelled_since(self.seq, self.horizon):
             self.found.extend(rows)
             self.seq = rows[-1][0]
-            if len(rows) < 1000:
+            if len(rows) < cancellations.BATCH:
                 return
 
     def _keep_polling(self) -> None:
@@ -109,8 +107,8 @@ class Cancels(bootsteps.StartStopStep):
             last, task_id, age = self.found.popleft()
             new += 1
             state.revoked.add(task_id, now - age)
-            request = state.requests.get(task_id)
-            if request is None or request.acknowledged:
+            request = _unfinished(task_id)
+            if request is None:
                 continue
             log.warning(
                 "task %s[%s] cancelled while on this worker: told to stop, terminated in %.0fs if it runs on",
@@ -123,8 +121,14 @@ class Cancels(bootsteps.StartStopStep):
             log.info("cancellations: %d new, up to #%d", new, last)
 
     def _terminate(self, consumer: Any, task_id: str) -> None:
-        request = state.requests.get(task_id)
-        if request is None or request.acknowledged:
+        request = _unfinished(task_id)
+        if request is None:
             return
         log.warning("task %s[%s] cancelled and still running: terminating it", request.name, task_id)
         request.terminate(consumer.pool, signal="SIGTERM")
+
+
+def _unfinished(task_id: str) -> Any:
+    """This worker's request for ``task_id`` while it is not done (its message not acked yet), else None."""
+    request = state.requests.get(task_id)
+    return None if request is None or request.acknowledged else request
