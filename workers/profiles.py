@@ -18,7 +18,7 @@ class WorkerProfile:
     queues: tuple[str, ...]
     #: Celery pool: ``gevent`` for I/O-bound work, ``prefork`` for DB/CPU work.
     pool: str
-    #: Greenlets or processes; 0 means one per CPU core.
+    #: Greenlets or processes; 0 means ``per_core`` per CPU core.
     concurrency: int
     #: Messages prefetched per unit of concurrency.
     prefetch_multiplier: int
@@ -26,11 +26,13 @@ class WorkerProfile:
     max_tasks_per_child: int | None = None
     #: Recycle a prefork child above this resident size, in KiB.
     max_memory_per_child: int | None = None
+    #: Processes per core when ``concurrency`` is 0.
+    per_core: int = 1
 
     @property
     def effective_concurrency(self) -> int:
-        """The concurrency with 0 resolved to the number of cores."""
-        return self.concurrency or os.cpu_count() or 1
+        """The concurrency with 0 resolved from the number of cores."""
+        return self.concurrency or (os.cpu_count() or 1) * self.per_core
 
     def argv(self, app: str = "workers.entry", loglevel: str = "INFO") -> list[str]:
         """Return the ``celery worker`` arguments (after the program name) for this profile."""
@@ -66,6 +68,9 @@ class WorkerProfile:
 EMAIL = WorkerProfile("email", queues=(names.EMAIL,), pool="gevent", concurrency=100, prefetch_multiplier=4)
 #: Bulk email: the same pool on a lane of its own (``routing.names.BULK``).
 BULK = WorkerProfile("bulk", queues=(names.BULK,), pool="gevent", concurrency=100, prefetch_multiplier=4)
+#: Booking tasks wait on PostgreSQL and the payment provider: with one process per core a
+#: child sits idle while its result commits and its next message comes; two per core keep
+#: the cores busy without prefetching (a prefetched message would wait behind a long task).
 BOOKING = WorkerProfile(
     "booking",
     queues=(names.BOOKING,),
@@ -74,6 +79,7 @@ BOOKING = WorkerProfile(
     prefetch_multiplier=1,
     max_tasks_per_child=5000,
     max_memory_per_child=512_000,
+    per_core=2,
 )
 MAINTENANCE = WorkerProfile(
     "maintenance",

@@ -96,6 +96,13 @@ def plain_argv(pool: str, concurrency: int, prefetch: int, queue: str, quiet: bo
     return [*start, *shape, *(["--without-gossip"] if quiet else [])]
 
 
+def plain_booking_argv(quiet: bool = False) -> list[str]:
+    """Plain Celery in the booking profile's shape: prefork, its concurrency and prefetch, late acks."""
+    return plain_argv(
+        "prefork", BOOKING.effective_concurrency, BOOKING.prefetch_multiplier, "booking", quiet=quiet
+    )
+
+
 def seed_argv() -> list[str]:
     """The seed's worker command line: prefork, one process per core, Celery's defaults otherwise."""
     return ["-A", SEED, "worker", "--loglevel=info"]
@@ -119,8 +126,8 @@ BOOKING_FLOW = "fleet booking flow"
 
 def drains(size: dict[str, int]) -> dict[str, Measure]:
     """The no-op drains: the fleet's booking and gevent workers, plain Celery, the seed's setup."""
-    fleet, plain_booking = fleet_argv("booking"), plain_argv("prefork", CORES, 1, "booking")
-    quiet_booking = plain_argv("prefork", CORES, 1, "booking", quiet=True)
+    fleet, plain_booking = fleet_argv("booking"), plain_booking_argv()
+    quiet_booking = plain_booking_argv(quiet=True)
 
     def fleet_booking(
         ignore_result: bool = False, metrics: bool = True, log_each_task: bool = False
@@ -177,7 +184,7 @@ def drains(size: dict[str, int]) -> dict[str, Measure]:
 def measurements(size: dict[str, int]) -> dict[str, Measure]:
     """Every distinct measurement, by name (each runs once per repetition)."""
     fleet_booking = fleet_argv("booking")
-    plain_booking = plain_argv("prefork", CORES, 1, "booking")
+    plain_booking = plain_booking_argv()
     return {
         **drains(size),
         "fleet email, results": lambda b: measure_email(

@@ -265,6 +265,32 @@ def test_each_profile_has_a_deployment_that_drains_within_its_grace(profile: str
     assert {config["METRICS_DIR"].rsplit("/", 1)[0], config["HEALTH_DIR"].rsplit("/", 1)[0]} <= mounts
 
 
+def _mib(quantity: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()  # type: ignore[union-attr]
+    return int(number) * (1024 if unit == "Gi" else 1)
+
+
+@pytest.mark.parametrize("profile", [name for name, p in PROFILES.items() if p.pool == "prefork"])
+def test_prefork_pods_run_the_profiles_processes_per_core_within_their_memory(profile: str) -> None:
+    # given a prefork profile, its Deployment and its compose service
+    shape = PROFILES[profile]
+    (container,) = deployment_of(profile)["spec"]["template"]["spec"]["containers"]
+    service = compose()["services"][f"worker-{profile}"]
+    # when the processes a pod runs are read from its command (in a container the core count
+    # Celery sees is the node's, so a per-core profile names its concurrency)
+    command = container["command"]
+    flag = command.index("--concurrency") + 1 if "--concurrency" in command else None
+    processes = int(command[flag]) if flag else shape.concurrency
+    # then they are the profile's per core of the pod's CPU request, in Kubernetes and compose alike
+    cpu = container["resources"]["requests"]["cpu"]
+    assert processes == (shape.concurrency or shape.per_core * int(cpu))
+    assert service["command"] == command
+    # and the memory limit holds every child at its recycling size plus the main process at its guard
+    assert shape.max_memory_per_child
+    most = processes * shape.max_memory_per_child / 1024 + Settings().worker_max_memory_mib
+    assert _mib(container["resources"]["limits"]["memory"]) >= most
+
+
 @pytest.mark.parametrize("profile", list(PROFILES))
 def test_each_profile_scales_on_its_own_queue(profile: str) -> None:
     # given the profile's ScaledObject and PodDisruptionBudget

@@ -116,7 +116,7 @@ def test_prefork_counters_are_summed_across_children(
 ) -> None:
     port, metrics_dir = booking_metrics
     n = 12
-    # given payments, processed by the prefork booking worker (one process per core)
+    # given payments, processed by the prefork booking worker (two processes per core)
     results = [process_payment.delay(payment_id) for payment_id in _payments(database, n)]
     assert all(r.get(timeout=30).startswith("Payment ") for r in results)
     # and one payment that does not exist

@@ -19,7 +19,7 @@ from workers.profiles import PROFILES
 EXPECTED = {
     "email": ((names.EMAIL,), "gevent", 100, 4),
     "bulk": ((names.BULK,), "gevent", 100, 4),
-    "booking": ((names.BOOKING,), "prefork", os.cpu_count(), 1),
+    "booking": ((names.BOOKING,), "prefork", 2 * (os.cpu_count() or 1), 1),
     "maintenance": ((names.MAINTENANCE,), "prefork", 1, 1),
 }
 
@@ -57,13 +57,14 @@ def test_profile_argv(name: str) -> None:
 
 
 def test_booking_concurrency_follows_the_cpu_count() -> None:
-    # given the booking profile (concurrency 0 means one per core)
+    # given the booking profile (concurrency 0 means per_core processes per core)
     profile = PROFILES["booking"]
 
     # when its effective concurrency is read
-    # then it is the number of cores
+    # then it is two processes per core
     assert profile.concurrency == 0
-    assert profile.effective_concurrency == os.cpu_count()
+    assert profile.per_core == 2
+    assert profile.effective_concurrency == 2 * (os.cpu_count() or 1)
 
 
 @pytest.mark.parametrize("name", ["booking", "maintenance"])

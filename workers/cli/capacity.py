@@ -77,7 +77,7 @@ BENCH_ROWS = {"booking": "fleet booking, results, metrics on", "email": "fleet e
 #: What that row measured, printed beside the rate taken from it.
 BENCH_ASSUMPTIONS = {
     "booking": "one booking worker as `python -m workers booking` runs on the bench's machine "
-    "(one process per core there), draining no-op tasks with results in PostgreSQL: "
+    "(two processes per core there), draining no-op tasks with results in PostgreSQL: "
     "a task that does real work, or a worker with fewer cores, does less",
     "email": "one email worker (gevent, 100 greenlets) sending to an SMTP server that answers "
     "each message in 0.2 s: a slower server, or rate limits, lower it",
