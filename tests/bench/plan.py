@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from app.settings import Settings
 from tests.bench.booking_flow import Flow, measure_booking_flow
-from tests.bench.email import measure_email, measure_smtp_ceiling
+from tests.bench.email import SMTP_DELAY, measure_email, measure_smtp_ceiling
 from tests.bench.harness import Bench, Drain, measure_drain
 from tests.bench.lanes import measure_lane
 from tests.bench.latency import measure_latency, measure_result_wait
@@ -268,6 +268,8 @@ class Figure:
     #: A bound on the fleet's own value, in ``unit`` (at most or at least it, as ``at_most`` says),
     #: for a figure whose requirement is absolute; None: the ratio's target alone.
     limit: float | None = None
+    #: Which field of the two measurements' samples is compared (a drain's ``peak_mib``, ...).
+    field: str = "value"
 
 
 _BOOKING = "booking drain, results stored, prefork"
@@ -283,6 +285,12 @@ LOOP_LAG_LIMIT_MS = 5.0
 LANE_LIMIT_MS = 2000.0
 #: From a task's end to ``get()`` returning, p50 and p99, in ms (what the LISTEN wait promises).
 RESULT_WAIT_LIMITS_MS = (5.0, 20.0)
+#: Peak resident size of any one worker process during a booking drain, in MiB.
+RSS_LIMIT_MIB = 100.0
+#: A booking worker's main-process CPU per task, in us: half the 500 us it took when it was set.
+MAIN_CPU_LIMIT_US = 250.0
+#: The email drain's floor: nine tenths of what its greenlets allow at the bench's SMTP delay.
+EMAIL_BOUND_SHARE = 0.9
 
 FIGURES = (
     # The headline: plain Celery started as its users start it.
@@ -306,7 +314,15 @@ FIGURES = (
         "plain gevent, stock db backend",
         20.0,
     ),
-    Figure(_EMAIL, "fleet email, results", "raw aiosmtplib, same connections", 0.6, unit="emails/s"),
+    # The floor is 0.9 of the concurrency bound (100 greenlets / 0.2 s = 500 emails/s).
+    Figure(
+        _EMAIL,
+        "fleet email, results",
+        "raw aiosmtplib, same connections",
+        0.6,
+        unit="emails/s",
+        limit=EMAIL_BOUND_SHARE * EMAIL.effective_concurrency / SMTP_DELAY,
+    ),
     Figure(_EMAIL, "fleet email, results", "plain email, stock db backend", 1.0, unit="emails/s"),
     Figure(_PUBLISH, "fleet bulk publish", "apply_async + confirm_publish", 5.0),
     Figure(_PUBLISH, "fleet bulk publish", "raw py-amqp streamed confirms", 0.5),
@@ -366,6 +382,27 @@ FIGURES = (
         limit=LANE_LIMIT_MS,
     ),
     Figure("throughput with metrics on", _FLEET, "fleet booking, results, metrics off", 0.97),
+    # What one booking worker process holds, and what its main process spends per task.
+    Figure(
+        "peak RSS per worker process, booking drain",
+        _FLEET,
+        "seed setup, Redis broker and results",
+        None,
+        unit="MiB",
+        at_most=True,
+        limit=RSS_LIMIT_MIB,
+        field="peak_mib",
+    ),
+    Figure(
+        "worker main-process CPU per booking task",
+        _FLEET,
+        "seed setup, Redis broker and results",
+        None,
+        unit="us",
+        at_most=True,
+        limit=MAIN_CPU_LIMIT_US,
+        field="cpu_us:worker main",
+    ),
     # What Celery's line per task costs (LOG_EACH_TASK=true) against the default, without them.
     Figure("booking drain, each task logged", "fleet booking, results, each task logged", _FLEET, None),
     # Where a stored result's time goes: the backend's own overhead, then the WAL flush.

@@ -43,7 +43,11 @@ def test_the_seeds_setup_starts_with_the_seeds_command_line_and_defaults() -> No
 
 def test_the_targeted_baselines_are_the_normal_starts_and_the_quiet_one_has_no_target() -> None:
     # (the fleet's headline drain on RabbitMQ; its rows on Redis are information beside the seed's)
-    targets = {f.baseline: f.target for f in FIGURES if f.fleet == "fleet booking, results, metrics on"}
+    targets = {
+        f.baseline: f.target
+        for f in FIGURES
+        if f.fleet == "fleet booking, results, metrics on" and f.field == "value"
+    }
     assert targets["plain booking, stock db backend"] == 3.0
     assert targets["seed setup, Redis broker and results"] == 1.5
     assert targets["plain booking, stock db, quiet start"] is None
@@ -75,7 +79,8 @@ def test_a_ratio_target_and_an_absolute_limit_must_both_hold() -> None:
 
 def test_a_full_run_prints_a_row_for_every_figure_against_its_baseline() -> None:
     # given a sample for every measurement the plan takes (the smoke run takes one per code path)
-    samples = {name: [{"value": 2.0, "db_ms": 1.0, "db_share": 0.2}] for name in measurements(SIZES["quick"])}
+    sample = {"value": 2.0, "db_ms": 1.0, "db_share": 0.2, "peak_mib": 90.0, "cpu_us:worker main": 300.0}
+    samples = {name: [sample] for name in measurements(SIZES["quick"])}
 
     # when the table is rendered, then every figure has its row, naming its baseline
     lines, _ = table(samples)
@@ -83,3 +88,27 @@ def test_a_full_run_prints_a_row_for_every_figure_against_its_baseline() -> None
         assert any(line.startswith(f"| {figure.name} |") and figure.baseline in line for line in lines), (
             figure
         )
+
+
+def test_the_memory_and_cpu_rows_compare_their_own_field_against_an_absolute_bound() -> None:
+    # given a fleet drain holding 97 MiB per process and spending 300 us per task in its main process
+    fleet = {"value": 800.0, "peak_mib": 97.0, "cpu_us:worker main": 300.0}
+    seed = {"value": 900.0, "peak_mib": 63.0, "cpu_us:worker main": 900.0}
+    samples = {"fleet booking, results, metrics on": [fleet], "seed setup, Redis broker and results": [seed]}
+
+    # when the table is rendered
+    lines, _ = table(samples)
+
+    # then the memory row is met (under 100 MiB) and the CPU row is not (over 250 us), whatever the rates
+    rss = next(line for line in lines if line.startswith("| peak RSS per worker process"))
+    cpu = next(line for line in lines if line.startswith("| worker main-process CPU per booking task"))
+    assert "| 97.0 MiB |" in rss and "<= 100 MiB | yes |" in rss
+    assert "| 300.0 us |" in cpu and "| 900.0 us |" in cpu and "<= 250 us | NO |" in cpu
+
+
+def test_the_email_drain_is_held_to_nine_tenths_of_its_concurrency_bound() -> None:
+    # given the email row against raw aiosmtplib: 100 greenlets at a 0.2 s SMTP delay allow 500/s
+    figure = next(f for f in FIGURES if f.baseline == "raw aiosmtplib, same connections")
+    # when the fleet sends 300/s, as fast as raw aiosmtplib, then the floor of 450/s is still missed
+    assert verdict(figure, 300.0, 1.0) == (">= 0.6x, >= 450 emails/s", False)
+    assert verdict(figure, 460.0, 1.0)[1] is True
