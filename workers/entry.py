@@ -13,6 +13,7 @@ from workers.cancels import Cancels
 from workers.health import Heartbeat, Readiness
 from workers.memory import MemoryGuard
 from workers.signals import DeclareTopology, green_psycopg
+from workers.timers import TimerSweep
 
 #: Seconds between a Redis worker's sweeps for messages a dead worker left unacked.
 REDIS_RESTORE_SECONDS = 10
@@ -34,6 +35,7 @@ celery_app.steps["consumer"].add(Readiness)
 celery_app.steps["consumer"].add(Cancels)
 celery_app.steps["worker"].add(Heartbeat)
 celery_app.steps["worker"].add(MemoryGuard)
+celery_app.steps["worker"].add(TimerSweep)
 metrics.install(settings)
 
 __all__ = ["celery_app"]

@@ -1,12 +1,13 @@
 """Contract: the private Celery and py-amqp APIs the fleet relies on are still there, and pinned.
 
-Four places reach below the public API: ``app/publisher.py``
+Five places reach below the public API: ``app/publisher.py``
 (``enqueue_many`` hands py-amqp pre-serialised message properties and
 publishes with ``send_method``) and ``workers/consumer.py`` (the green-pool
 loop's event drain), because the bench shows they pay; and
 ``routing/redis_transport.py`` (a rejected message moves from kombu's unacked
 hash to its dead-letter list), because kombu's Redis transport would drop it;
-and ``app/redis_results.py`` (a task's own result expiry on Celery's Redis backend).
+and ``app/redis_results.py`` (a task's own result expiry on Celery's Redis backend);
+and ``workers/timers.py`` (cancelled time-limit timers swept out of kombu's timer heap).
 An upgrade that changes what they rely on must fail here, naming the API, before it fails in production.
 """
 
@@ -23,7 +24,9 @@ from amqp import method_framing
 from amqp.channel import Channel
 from celery.backends.base import KeyValueStoreBackend
 from celery.backends.redis import RedisBackend
+from celery.concurrency import asynpool
 from celery.worker import loops
+from kombu.asynchronous import timer
 from kombu.transport import redis
 from packaging.specifiers import SpecifierSet
 
@@ -129,4 +132,24 @@ def test_celerys_redis_result_backend_still_stores_through_set_with_state() -> N
     ]
     assert "expires" in inspect.signature(RedisBackend.set).parameters, (
         "celery's RedisBackend.set no longer takes expires: app.redis_results sets per-task expiry with it"
+    )
+
+
+def test_kombus_timer_still_keeps_its_heap_of_entries_that_are_marked_cancelled() -> None:
+    # given a kombu timer with one entry armed and cancelled
+    schedule = timer.Timer()
+    schedule.call_after(60, print).cancel()
+    # then its heap is the list `_queue` of (eta, priority, entry), the entry marked `canceled`
+    (item,) = schedule._queue
+    assert item.entry.canceled is True, "kombu Timer entries no longer carry `canceled`: workers.timers"
+    assert "self._queue" in inspect.getsource(timer.Timer.__iter__), (
+        "kombu's scheduler no longer iterates Timer._queue: workers.timers sweeps the wrong list"
+    )
+
+
+def test_the_prefork_pool_still_arms_a_loop_timer_per_task_and_cancels_it_when_the_task_ends() -> None:
+    # given the async prefork pool's time-limit handlers, then they arm hub.call_later and cancel the tref
+    source = inspect.getsource(asynpool.AsynPool._create_timelimit_handlers)
+    assert "call_later(" in source and "tref.cancel()" in source, (
+        "AsynPool no longer arms and cancels a hub timer per task: see whether workers.timers is still needed"
     )
