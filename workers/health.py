@@ -28,6 +28,7 @@ from typing import Any
 from celery import bootsteps
 
 from app.settings import get_settings
+from workers.timers import RepeatingStep
 
 #: Seconds between heartbeats; probes allow several missed beats.
 HEARTBEAT_SECONDS = 5.0
@@ -66,28 +67,24 @@ def _keep_beating(path: Path) -> None:
         time.sleep(HEARTBEAT_SECONDS)
 
 
-class Heartbeat(bootsteps.StartStopStep):
+class Heartbeat(RepeatingStep):
     """Worker step: keep ``<profile>.alive`` fresh while the worker's loop ticks (or reconnects)."""
-
-    requires = ("celery.worker.components:Timer",)
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         self.path = health_dir() / f"{profile_of(worker.hostname)}.alive"
-        self.entry: Any = None
 
     def start(self, worker: Any) -> None:
         """Tick from the worker's own timer; a native thread turns ticks into the file."""
         _touch(self.path)
         _State.last_tick = time.monotonic()
-        self.entry = worker.timer.call_repeatedly(HEARTBEAT_SECONDS, _tick, priority=10)
+        self.repeat(worker, HEARTBEAT_SECONDS, _tick)
         _start_native_thread(_keep_beating, (self.path,))
 
     def stop(self, worker: Any) -> None:
         """Stop beating and remove the file: a stopped worker is not alive."""
         _State.last_tick = -1.0
-        if self.entry is not None:
-            self.entry.cancel()
+        super().stop(worker)
         self.path.unlink(missing_ok=True)
 
 

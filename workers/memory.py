@@ -20,11 +20,11 @@ import resource
 import sys
 from typing import Any
 
-from celery import bootsteps
 from celery.platforms import EX_OK, close_open_fds
 from celery.worker import state
 
 from app.settings import get_settings
+from workers.timers import RepeatingStep
 
 log = logging.getLogger(__name__)
 
@@ -50,27 +50,18 @@ def _start_again() -> None:
     os.execv(sys.executable, sys.orig_argv)
 
 
-class MemoryGuard(bootsteps.StartStopStep):
+class MemoryGuard(RepeatingStep):
     """Worker step: restart the worker warm when its resident size passes ``WORKER_MAX_MEMORY_MIB``."""
-
-    requires = ("celery.worker.components:Timer",)
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         self.limit = get_settings().worker_max_memory_mib
-        self.entry: Any = None
         self.tripped = False
 
     def start(self, worker: Any) -> None:
         """Check every second (a limit of 0 turns the guard off)."""
         if self.limit:
-            self.entry = worker.timer.call_repeatedly(CHECK_SECONDS, self.check, priority=10)
-
-    def stop(self, worker: Any) -> None:
-        """Stop checking."""
-        if self.entry is not None:
-            self.entry.cancel()
-            self.entry = None
+            self.repeat(worker, CHECK_SECONDS, self.check)
 
     def check(self) -> None:
         """Past the limit: a warm shutdown, then the same command again in this process."""

@@ -1,4 +1,4 @@
-"""Worker step: sweep cancelled entries out of the event loop's timer heap.
+"""Worker steps on the worker's own timer, and the one that sweeps cancelled entries out of its heap.
 
 With time limits on, Celery's prefork pool arms a timer in the worker's main
 process for every task it hands a child (``AsynPool.on_timeout_set``: the soft
@@ -14,13 +14,11 @@ without them.
 from __future__ import annotations
 
 import heapq
-import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import bootsteps
 from kombu.asynchronous.timer import Timer
-
-log = logging.getLogger(__name__)
 
 #: Seconds between two sweeps: the heap holds at most this long's cancelled entries.
 SWEEP_SECONDS = 1.0
@@ -43,8 +41,8 @@ def sweep(timer: Timer) -> int:
     return dropped
 
 
-class TimerSweep(bootsteps.StartStopStep):
-    """Worker step: sweep the event loop's timer every ``SWEEP_SECONDS`` (green pools have none)."""
+class RepeatingStep(bootsteps.StartStopStep):
+    """A worker step that runs a function every so often on the worker's own timer; stopping cancels it."""
 
     requires = ("celery.worker.components:Timer",)
 
@@ -52,13 +50,21 @@ class TimerSweep(bootsteps.StartStopStep):
         super().__init__(worker, **kwargs)
         self.entry: Any = None
 
-    def start(self, worker: Any) -> None:
-        """Sweep the timer the worker's event loop runs, when it has one."""
-        if isinstance(worker.timer, Timer):
-            self.entry = worker.timer.call_repeatedly(SWEEP_SECONDS, sweep, (worker.timer,), priority=10)
+    def repeat(self, worker: Any, seconds: float, fun: Callable[..., Any], *args: Any) -> None:
+        """Call ``fun(*args)`` every ``seconds`` from the worker's timer until the step stops."""
+        self.entry = worker.timer.call_repeatedly(seconds, fun, args, priority=10)
 
     def stop(self, worker: Any) -> None:
-        """Stop sweeping."""
+        """Stop repeating."""
         if self.entry is not None:
             self.entry.cancel()
             self.entry = None
+
+
+class TimerSweep(RepeatingStep):
+    """Worker step: sweep the event loop's timer every ``SWEEP_SECONDS`` (green pools have none)."""
+
+    def start(self, worker: Any) -> None:
+        """Sweep the timer the worker's event loop runs, when it has one."""
+        if isinstance(worker.timer, Timer):
+            self.repeat(worker, SWEEP_SECONDS, sweep, worker.timer)
